@@ -1,0 +1,44 @@
+# headrace: `make run` runs the demo on the embedded broker, `make test` runs every check.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint typecheck unit integration bench models clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+models/heavy.onnx: scripts/build_models.py | $(STAMP)
+	$(BIN)/python scripts/build_models.py --only heavy
+
+models: $(STAMP)
+	$(BIN)/python scripts/build_models.py
+
+run: $(STAMP)
+	$(BIN)/headrace demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest -q tests/unit
+
+integration: $(STAMP)
+	$(BIN)/pytest -q tests/integration
+
+test: lint typecheck $(STAMP)
+	$(BIN)/pytest -q tests
+
+bench: $(STAMP) models/heavy.onnx
+	$(BIN)/python -m stream.bench
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -1,0 +1,298 @@
+"""The deployment config: one YAML file, one typed and frozen settings tree.
+
+Every key can be overridden from the environment as ``HEADRACE_<SECTION>__<KEY>``; relative
+paths resolve against the config file's folder. Any problem raises :class:`ConfigError` naming
+the file and the dotted key.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    PrivateAttr,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from pipelines.errors import ConfigError
+
+__all__ = [
+    "BatchingSettings",
+    "CheckSpec",
+    "KafkaSettings",
+    "MetricsSettings",
+    "ModelSpec",
+    "PipelineSettings",
+    "ProcessingSettings",
+    "PythonSpec",
+    "Settings",
+    "ShadowSpec",
+    "SplitSpec",
+    "StepSpec",
+    "load_settings",
+]
+
+ENV_PREFIX = "HEADRACE_"
+DnsName = Annotated[
+    str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", max_length=63)
+]
+Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*$")]
+StepKind = Literal["model", "python", "check", "random_split", "shadow"]
+STEP_KINDS: tuple[StepKind, ...] = ("model", "python", "check", "random_split", "shadow")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelSpec(_Frozen):
+    """An ONNX model run with onnxruntime."""
+
+    name: Identifier
+    path: Path
+    sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{64}$")] | None = None
+    inputs: dict[str, str] = Field(default_factory=dict)  # onnx input name -> column
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+
+
+class PythonSpec(_Frozen):
+    """A Python callable ``module.path:callable`` taking ``(table, context)``."""
+
+    function: Annotated[str, StringConstraints(pattern=r"^[\w.]+:[\w.]+$")]
+    name: Identifier | None = None
+    accepts: Literal["table", "custom-json"] = "table"
+
+    @property
+    def step_name(self) -> str:
+        return self.name or self.function.rsplit(":", 1)[1]
+
+
+class CheckSpec(_Frozen):
+    """A named boolean expression; true rows are counted in ``check_failures``."""
+
+    name: Identifier
+    expr: str
+
+
+class StepSpec(_Frozen):
+    """One step of the chain: exactly one of the kind keys, plus retry settings."""
+
+    model: ModelSpec | None = None
+    python: PythonSpec | None = None
+    check: CheckSpec | None = None
+    random_split: SplitSpec | None = None
+    shadow: ShadowSpec | None = None
+    timeout_ms: PositiveInt = 15_000
+    retries: Annotated[int, Field(ge=0, le=20)] = 2
+    backoff_ms: Annotated[int, Field(ge=0)] = 100
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Self:
+        kinds = [kind for kind in STEP_KINDS if getattr(self, kind) is not None]
+        if len(kinds) != 1:
+            raise ValueError(
+                f"a step needs exactly one of {', '.join(STEP_KINDS)}; got {kinds or 'none'}"
+            )
+        return self
+
+    @property
+    def kind(self) -> StepKind:
+        return next(kind for kind in STEP_KINDS if getattr(self, kind) is not None)
+
+    @property
+    def name(self) -> str:
+        """The step's name as it appears in ``x-error-step`` and metrics."""
+        if self.model is not None:
+            return self.model.name
+        if self.python is not None:
+            return self.python.step_name
+        if self.check is not None:
+            return self.check.name
+        return self.kind
+
+
+class SplitSpec(_Frozen):
+    """Routes rows to branches by weight, sticky per ``hash_key`` value when given."""
+
+    weights: dict[Identifier, PositiveInt]
+    branches: dict[Identifier, list[StepSpec]]
+    hash_key: str | None = None
+
+    @model_validator(mode="after")
+    def _branches_match_weights(self) -> Self:
+        if set(self.weights) != set(self.branches):
+            raise ValueError(
+                f"weights name {sorted(self.weights)} but branches name {sorted(self.branches)}"
+            )
+        return self
+
+
+class ShadowSpec(_Frozen):
+    """A champion model serving ``out.*`` and challengers serving ``out_<name>.*``."""
+
+    champion: StepSpec
+    challengers: list[StepSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _models_only(self) -> Self:
+        for step in (self.champion, *self.challengers):
+            if step.model is None:
+                raise ValueError("shadow champion and challengers must be model steps")
+        return self
+
+
+class PipelineSettings(_Frozen):
+    name: DnsName
+    steps: list[StepSpec] = Field(min_length=1)
+
+
+class KafkaSettings(_Frozen):
+    bootstrap_servers: str = "embedded"
+    input_topic: str = ""
+    output_topic: str = ""
+    dead_letter_topic: str = ""
+    group_id: str = ""
+    partitions: PositiveInt = 4
+    max_message_bytes: Annotated[int, Field(ge=1024)] = 1_048_576  # requests, results, topics
+    properties: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+
+class BatchingSettings(_Frozen):
+    max_rows: PositiveInt = 1000
+    max_wait_ms: Annotated[int, Field(ge=0)] = 5
+    max_inflight_rows: PositiveInt = 50_000  # consumed, not yet acknowledged: pause above this
+    max_inflight_bytes: PositiveInt = 64 * 1024 * 1024
+
+
+class ProcessingSettings(_Frozen):
+    guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    dataset: tuple[str, ...] = ("*",)
+    dataset_exclude: tuple[str, ...] = ()
+    commit_interval_ms: PositiveInt = 200
+    shutdown_timeout_s: PositiveInt = 30
+
+
+class MetricsSettings(_Frozen):
+    port: Annotated[int, Field(ge=0, le=65535)] = 9108
+
+
+class Settings(BaseSettings):
+    """A whole deployment: the pipeline and how it is served."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+    )
+
+    pipeline: PipelineSettings
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    batching: BatchingSettings = Field(default_factory=BatchingSettings)
+    processing: ProcessingSettings = Field(default_factory=ProcessingSettings)
+    replicas: PositiveInt = 1
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    _source: Path | None = PrivateAttr(default=None)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _default_topics(self) -> Self:
+        name = self.pipeline.name
+        defaults = {
+            "input_topic": f"{name}-requests",
+            "output_topic": f"{name}-results",
+            "dead_letter_topic": f"{name}-dlq",
+            "group_id": name,
+        }
+        missing = {key: value for key, value in defaults.items() if not getattr(self.kafka, key)}
+        if missing:
+            object.__setattr__(self, "kafka", self.kafka.model_copy(update=missing))
+        return self
+
+    @property
+    def source(self) -> Path | None:
+        """The YAML file this deployment was loaded from, if any."""
+        return self._source
+
+    @property
+    def base_dir(self) -> Path:
+        """The folder that relative paths and python step modules resolve against."""
+        return self._source.parent if self._source is not None else Path.cwd()
+
+
+def load_settings(path: str | os.PathLike[str]) -> Settings:
+    """Load and validate a deployment config, with ``HEADRACE_*`` environment overrides."""
+    source = Path(path)
+    try:
+        raw = yaml.safe_load(source.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: no such config file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{source}: cannot read the config: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the config must be a mapping of sections, got {raw!r}")
+    _resolve_model_paths(raw, source.resolve().parent)
+    try:
+        settings = Settings(**raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_describe(exc)}") from exc
+    settings._source = source.resolve()
+    return settings
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors(include_url=False):
+        key = _dotted(error["loc"])
+        if error["type"] == "extra_forbidden":
+            problems.append(f"unknown key '{key}'")
+        elif error["type"] == "missing":
+            problems.append(f"missing key '{key}'")
+        else:
+            problems.append(f"key '{key}': {error['msg']} (got {error.get('input')!r})")
+    return "; ".join(problems)
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def _resolve_model_paths(node: Any, base: Path) -> None:
+    """Make every ``model.path`` absolute against the config's folder, in place."""
+    if isinstance(node, dict):
+        model = node.get("model")
+        if isinstance(model, dict) and isinstance(model.get("path"), str):
+            model["path"] = os.path.normpath(base / Path(model["path"]).expanduser())
+        for value in node.values():
+            _resolve_model_paths(value, base)
+    elif isinstance(node, list):
+        for item in node:
+            _resolve_model_paths(item, base)

@@ -1,0 +1,136 @@
+"""The result table of SPEC §4, and the ``dataset`` selection of its columns."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines.errors import SchemaError
+from pipelines.frame import Frame
+
+__all__ = ["GROUPS", "assemble", "select"]
+
+GROUPS = ("time", "in", "out", "check_failures", "anomaly", "metadata")
+TIME_TYPE = pa.timestamp("ms", tz="UTC")
+
+
+def assemble(
+    frame: Frame,
+    *,
+    served_at_ms: int,
+    version: str,
+    step_ns: Sequence[int],
+    decode_ns: Sequence[int],
+    rows_per_request: Sequence[int],
+) -> pa.Table:
+    """Every result column, in SPEC order; ``select`` then keeps what the request asked for."""
+    rows = frame.num_rows
+    names: list[str] = ["time"]
+    columns: list[pa.Array | pa.ChunkedArray] = [
+        pa.repeat(pa.scalar(served_at_ms, TIME_TYPE), rows)
+    ]
+    for prefix, table in (("in", frame.inputs), ("out", frame.outputs)):
+        if table is not None:
+            names += [f"{prefix}.{name}" for name in table.column_names]
+            columns += table.columns
+    names += list(frame.extra)
+    columns += frame.extra.values()
+    names.append("check_failures")
+    columns.append(_check_failures(frame.anomalies.values(), rows))
+    names += [f"anomaly.{name}" for name in frame.anomalies]
+    columns += frame.anomalies.values()
+    names += ["metadata.elapsed", "metadata.last_model", "metadata.pipeline_version"]
+    columns += [
+        _elapsed(step_ns, decode_ns, rows_per_request),
+        frame.last_model if frame.last_model is not None else pa.nulls(rows, pa.string()),
+        pa.repeat(pa.scalar(version), rows),
+    ]
+    return pa.Table.from_arrays(columns, names=names)
+
+
+def select(
+    table: pa.Table,
+    dataset: Iterable[str] | None = None,
+    dataset_exclude: Iterable[str] | None = None,
+    separator: str = ".",
+) -> pa.Table:
+    """The columns ``dataset`` asks for, less ``dataset_exclude``, named with ``separator``.
+
+    Entries are groups (``time``, ``in``, ``out``, ``check_failures``, ``anomaly``,
+    ``metadata``), single columns (``out.dense_1``), or ``*`` for every group but ``metadata``.
+    """
+    names = table.column_names
+    wanted = _normalise(["*"] if dataset is None else dataset, separator, names)
+    unwanted = _normalise(dataset_exclude or (), separator, names)
+    _check_known(table.column_names, wanted | unwanted)
+    keep = [
+        name
+        for name in table.column_names
+        if _matches(name, wanted, star=True) and not _matches(name, unwanted, star=False)
+    ]
+    selected = table.select(keep)
+    if separator != ".":
+        selected = selected.rename_columns([name.replace(".", separator, 1) for name in keep])
+    return selected
+
+
+def _group(name: str) -> str:
+    group = name.partition(".")[0]
+    return "out" if group.startswith("out_") else group
+
+
+def _matches(name: str, entries: set[str], *, star: bool) -> bool:
+    group = _group(name)
+    if star and "*" in entries and group != "metadata":
+        return True
+    return name in entries or group in entries or name.partition(".")[0] in entries
+
+
+def _normalise(entries: Iterable[str], separator: str, names: Sequence[str]) -> set[str]:
+    """Entries as dotted names: a field written with ``separator`` maps back to its column.
+
+    Only the names the result has are mapped, so ``check_failures`` or ``out_<challenger>.y``
+    written as ``out_<challenger>_y`` are never misread by splitting at the first ``_``.
+    """
+    known = set(names)
+    renamed = {} if separator == "." else {n.replace(".", separator, 1): n for n in names}
+    result = set()
+    for raw in entries:
+        entry = raw.strip()
+        if entry not in known:
+            entry = renamed.get(entry, entry)
+        if entry:
+            result.add(entry)
+    return result
+
+
+def _check_known(names: Sequence[str], entries: set[str]) -> None:
+    known = {"*", *GROUPS, *names, *(name.partition(".")[0] for name in names)}
+    unknown = sorted(entries - known)
+    if unknown:
+        raise SchemaError(
+            f"dataset names {unknown[0]!r}, which is neither a group ({', '.join(GROUPS)}) "
+            f"nor a column of the result ({', '.join(names)})"
+        )
+
+
+def _check_failures(anomalies: Iterable[pa.Array], rows: int) -> pa.Array:
+    total = np.zeros(rows, dtype=np.int8)
+    for fired in anomalies:
+        total += pc.fill_null(fired, False).to_numpy(zero_copy_only=False).astype(np.int8)
+    return pa.array(total, type=pa.int8())
+
+
+def _elapsed(
+    step_ns: Sequence[int], decode_ns: Sequence[int], rows_per_request: Sequence[int]
+) -> pa.Array:
+    width = 1 + len(step_ns)
+    rows = int(sum(rows_per_request))
+    matrix = np.empty((rows, width), dtype=np.int64)
+    matrix[:, 0] = np.repeat(np.asarray(decode_ns, dtype=np.int64), rows_per_request)
+    matrix[:, 1:] = np.asarray(step_ns, dtype=np.int64)
+    offsets = pa.array(np.arange(0, (rows + 1) * width, width, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(matrix.reshape(-1)))

@@ -1,0 +1,147 @@
+"""The ``model`` step: an ONNX model run with onnxruntime, one session per process."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pyarrow as pa
+
+from pipelines.config import ModelSpec
+from pipelines.errors import ConfigError, SchemaError, StepError, StepTimeout
+from pipelines.frame import Frame, StepContext
+from pipelines.steps.base import Cancel
+from pipelines.tensors import TensorSpec, column_to_tensor, conform_column, tensor_to_column
+
+__all__ = ["ModelStep", "available_providers"]
+
+_ONNX_TYPES: dict[str, np.dtype[np.generic]] = {
+    f"tensor({name})": np.dtype(dtype)
+    for name, dtype in {
+        "float": "float32",
+        "double": "float64",
+        "float16": "float16",
+        "int8": "int8",
+        "int16": "int16",
+        "int32": "int32",
+        "int64": "int64",
+        "uint8": "uint8",
+        "uint16": "uint16",
+        "uint32": "uint32",
+        "uint64": "uint64",
+        "bool": "bool",
+    }.items()
+}
+
+
+def available_providers() -> list[str]:
+    return list(ort.get_available_providers())
+
+
+class ModelStep:
+    """Runs an ONNX model on the frame's columns; every output becomes ``out.<name>``."""
+
+    kind = "model"
+
+    def __init__(self, spec: ModelSpec, *, sha256: str, key: str, source: str = "config") -> None:
+        """``source`` and ``key`` (the config file and the model's dotted key) name errors."""
+        self.spec = spec
+        self.sha256 = sha256
+        self._session = _open_session(spec, f"{source}: key '{key}.path'")
+        inputs = {arg.name: _tensor_spec(arg, spec.path) for arg in self._session.get_inputs()}
+        unknown = sorted(set(spec.inputs) - set(inputs))
+        if unknown:
+            raise ConfigError(
+                f"{source}: key '{key}.inputs': model '{spec.name}' has no input {unknown[0]!r}; "
+                f"its inputs are {sorted(inputs)}"
+            )
+        self.inputs = tuple(
+            (spec.inputs.get(name, name), tensor) for name, tensor in inputs.items()
+        )
+        self.outputs = tuple(_tensor_spec(arg, spec.path) for arg in self._session.get_outputs())
+        self._output_names = [tensor.name for tensor in self.outputs]
+        self._last_model = json.dumps({"model_name": spec.name, "model_sha": sha256})
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def providers(self) -> list[str]:
+        return list(self._session.get_providers())
+
+    @property
+    def input_schema(self) -> pa.Schema:
+        return pa.schema([pa.field(column, tensor.arrow_type) for column, tensor in self.inputs])
+
+    @property
+    def output_schema(self) -> pa.Schema:
+        return pa.schema([pa.field(tensor.name, tensor.arrow_type) for tensor in self.outputs])
+
+    def conform(self, table: pa.Table) -> pa.Table:
+        """``table`` with this model's input columns cast to the declared types and checked."""
+        for column, tensor in self.inputs:
+            index = table.schema.get_field_index(column)
+            if index < 0:
+                raise SchemaError(
+                    f"missing column '{column}': model '{self.name}' expects "
+                    f"{tensor.describe()}; the request has columns {table.column_names}"
+                )
+            conformed = conform_column(table.column(index), tensor, column)
+            if conformed.type != table.schema.field(index).type:
+                table = table.set_column(index, column, conformed)
+        return table
+
+    def __call__(self, frame: Frame, context: StepContext, cancel: Cancel) -> Frame:
+        del context
+        table = self.conform(frame.current)
+        feeds = {
+            tensor.name: column_to_tensor(table.column(column).combine_chunks(), tensor)
+            for column, tensor in self.inputs
+        }
+        options = ort.RunOptions()
+        options.log_severity_level = 4  # a terminated run is expected at a timeout: no ORT error
+        cancel.on_cancel(lambda: setattr(options, "terminate", True))
+        try:
+            results = self._session.run(self._output_names, feeds, options)
+        except Exception as exc:
+            if cancel.cancelled:
+                raise StepTimeout(f"model '{self.name}' was terminated at its timeout") from exc
+            raise StepError(f"model '{self.name}' failed: {exc}") from exc
+        columns = [tensor_to_column(np.asarray(result)) for result in results]
+        if any(len(column) != frame.num_rows for column in columns):
+            raise StepError(
+                f"model '{self.name}' returned {[len(c) for c in columns]} rows "
+                f"for {frame.num_rows} input rows"
+            )
+        outputs = pa.Table.from_arrays(columns, names=self._output_names)
+        last_model = pa.repeat(pa.scalar(self._last_model), frame.num_rows)
+        return replace(frame.with_outputs(outputs), last_model=last_model)
+
+
+def _open_session(spec: ModelSpec, where: str) -> ort.InferenceSession:
+    available = set(ort.get_available_providers())
+    providers = [p for p in spec.providers if p in available] or ["CPUExecutionProvider"]
+    if "CPUExecutionProvider" not in providers:
+        providers.append("CPUExecutionProvider")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(spec.path), sess_options=options, providers=providers)
+    except Exception as exc:
+        raise ConfigError(f"{where}: cannot load ONNX model {Path(spec.path)}: {exc}") from exc
+
+
+def _tensor_spec(arg: ort.NodeArg, path: Path) -> TensorSpec:
+    dtype = _ONNX_TYPES.get(arg.type)
+    if dtype is None:
+        raise ConfigError(
+            f"{path}: tensor '{arg.name}' has type {arg.type}, which headrace "
+            f"does not serve (supported: {sorted(_ONNX_TYPES)})"
+        )
+    dims = list(arg.shape or [None])
+    per_row = tuple(dim if isinstance(dim, int) and dim > 0 else None for dim in dims[1:])
+    return TensorSpec(name=arg.name, dtype=dtype, shape=per_row)
