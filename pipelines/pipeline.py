@@ -38,6 +38,7 @@ class Segment:
     first: int
     row_counts: tuple[int, ...]
     table: pa.Table
+    step_ns: tuple[int, ...] = ()  # nanoseconds per top-level step, as in metadata.elapsed
 
     @property
     def requests(self) -> range:
@@ -244,7 +245,9 @@ class Pipeline:
             decode_ns=run.decode_ns[first:stop],
             rows_per_request=counts,
         )
-        run.result.segments.append(Segment(first=first, row_counts=counts, table=served))
+        run.result.segments.append(
+            Segment(first=first, row_counts=counts, table=served, step_ns=tuple(step_ns))
+        )
 
 
 @dataclass(frozen=True, slots=True)

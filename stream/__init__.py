@@ -1,0 +1,1 @@
+"""headrace stream: the Kafka worker, client SDK, embedded broker and command line."""

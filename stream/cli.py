@@ -1,0 +1,157 @@
+"""The ``headrace`` command line (SPEC §8). Exit codes: 0 ok, 1 runtime failure, 2 bad usage."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from pipelines.errors import ConfigError, PipelineError
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    from stream.logs import configure_logging
+
+    configure_logging(args.log_level)
+    command: Callable[[argparse.Namespace], int] = args.command
+    try:
+        return command(args)
+    except ConfigError as exc:
+        print(f"headrace: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (PipelineError, OSError, RuntimeError) as exc:
+        print(f"headrace: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="headrace", description="Streaming model inference on Kafka."
+    )
+    parser.add_argument("--log-level", default=None, help="debug, info, warning or error")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    validate = commands.add_parser(
+        "validate", help="load a config and its models; print schemas and version"
+    )
+    validate.add_argument("config", type=Path)
+    validate.set_defaults(command=_validate)
+
+    run = commands.add_parser("run", help="serve the pipeline from Kafka until SIGTERM")
+    run.add_argument("config", type=Path)
+    run.add_argument(
+        "--replicas",
+        type=_positive,
+        default=None,
+        help="worker processes in the consumer group (default: the config's)",
+    )
+    run.set_defaults(command=_run)
+
+    topics = commands.add_parser("topics", help="create the input, output and dead-letter topics")
+    topics.add_argument("config", type=Path)
+    topics.set_defaults(command=_topics)
+
+    broker = commands.add_parser("broker", help="run the embedded broker in the foreground")
+    broker.add_argument("--port", type=_positive, default=19092)
+    broker.set_defaults(command=_broker)
+
+    demo = commands.add_parser("demo", help="the main job: sample requests through the pipelines")
+    demo.add_argument("config", type=Path, nargs="?", default=None)
+    demo.set_defaults(command=_demo)
+    return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pipelines import load_settings
+    from stream.replicas import run_replicas
+    from stream.runtime import connect_kafka, create_topics, run_worker
+
+    settings = load_settings(args.config)
+    replicas = args.replicas or settings.replicas
+    with connect_kafka(settings) as connection:
+        create_topics(settings, connection.bootstrap)
+        if replicas == 1:
+            return run_worker(settings, connection.bootstrap)
+        return run_replicas(args.config, replicas, connection.bootstrap, settings.metrics.port)
+
+
+def _topics(args: argparse.Namespace) -> int:
+    from pipelines import load_settings
+    from stream.runtime import connect_kafka, create_topics
+
+    settings = load_settings(args.config)
+    with connect_kafka(settings) as connection:
+        created = create_topics(settings, connection.bootstrap)
+        kafka = settings.kafka
+        for topic in (kafka.input_topic, kafka.output_topic, kafka.dead_letter_topic):
+            state = "created" if topic in created else "exists"
+            print(f"{topic}  {state}  ({kafka.partitions} partitions when created)")
+        if connection.broker is not None:
+            print(
+                "note: the embedded broker started for this command stops with it, "
+                "and its topics with it; run `headrace broker` first to keep one"
+            )
+    return EXIT_OK
+
+
+def _broker(args: argparse.Namespace) -> int:
+    from stream.broker import run_foreground
+
+    return run_foreground(args.port)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from pipelines import Pipeline
+
+    pipeline = Pipeline.from_config(args.config)
+    settings = pipeline.settings
+    print(f"pipeline  {pipeline.name}")
+    print(f"version   {pipeline.version}")
+    print(f"steps     {' -> '.join(pipeline.step_names)}")
+    if pipeline.is_custom:
+        print("input     custom JSON")
+    else:
+        print(f"input     {_schema_line(pipeline.input_schema)}")
+        print(f"output    {_schema_line(pipeline.output_schema, prefix='out.')}")
+    kafka = settings.kafka
+    print(
+        f"topics    {kafka.input_topic} -> {kafka.output_topic} (dead letters: "
+        f"{kafka.dead_letter_topic}), group {kafka.group_id}, {kafka.partitions} partitions"
+    )
+    print(f"kafka     {kafka.bootstrap_servers}")
+    return EXIT_OK
+
+
+def _schema_line(schema: object, prefix: str = "") -> str:
+    fields = list(schema) if schema is not None else []  # type: ignore[call-overload]
+    if not fields:
+        return "any columns"
+    return ", ".join(f"{prefix}{field.name}: {field.type}" for field in fields)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from stream.demo import run_demo
+
+    configs = [args.config] if args.config else None
+    return run_demo(configs)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

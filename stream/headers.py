@@ -1,0 +1,100 @@
+"""The headers of SPEC §3-5: what a request may carry, what results and dead letters carry."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from pipelines.errors import PipelineError
+from stream.types import Envelope, Headers
+
+__all__ = [
+    "CONTENT_TYPE",
+    "REQUEST_ID",
+    "dead_letter_headers",
+    "passthrough",
+    "result_headers",
+]
+
+CONTENT_TYPE = "content-type"
+REQUEST_ID = "x-request-id"
+PARAM_PREFIX = "x-param-"
+DATASET = "x-dataset"
+DATASET_EXCLUDE = "x-dataset-exclude"
+DATASET_SEPARATOR = "x-dataset-separator"
+ERROR_HEADERS = (
+    "x-error-type",
+    "x-error-message",
+    "x-error-step",
+    "x-attempts",
+    "x-source-topic",
+    "x-source-partition",
+    "x-source-offset",
+    "x-source-timestamp",
+    "x-consumer-group",
+    "x-failed-at",
+)
+_RESULT_HEADERS = (
+    "x-pipeline",
+    "x-pipeline-version",
+    "x-source-topic",
+    "x-source-partition",
+    "x-source-offset",
+)
+_CONSUMED = {CONTENT_TYPE, REQUEST_ID, DATASET, DATASET_EXCLUDE, DATASET_SEPARATOR}
+_REPLACED_ON_RESULT = _CONSUMED | set(_RESULT_HEADERS)
+MAX_MESSAGE_HEADER = 4096
+
+
+def passthrough(envelope: Envelope) -> Headers:
+    """The request's headers that a result carries on unchanged."""
+    return tuple(
+        (key, value)
+        for key, value in envelope.headers
+        if key.lower() not in _REPLACED_ON_RESULT and not key.lower().startswith(PARAM_PREFIX)
+    )
+
+
+def result_headers(
+    envelope: Envelope, *, content_type: str, pipeline: str, version: str
+) -> Headers:
+    """Headers of a result: identity, provenance, then the request's pass-through headers."""
+    partition = envelope.partition
+    return (
+        (REQUEST_ID, envelope.request_id.encode()),
+        (CONTENT_TYPE, content_type.encode()),
+        ("x-pipeline", pipeline.encode()),
+        ("x-pipeline-version", version.encode()),
+        ("x-source-topic", partition.topic.encode()),
+        ("x-source-partition", str(partition.index).encode()),
+        ("x-source-offset", str(envelope.offset).encode()),
+        *passthrough(envelope),
+    )
+
+
+def dead_letter_headers(
+    envelope: Envelope, error: PipelineError, *, group_id: str, failed_at_ms: int
+) -> Headers:
+    """The request's own headers plus the ``x-error-*`` and ``x-source-*`` ones of SPEC §5."""
+    partition = envelope.partition
+    own = tuple((k, v) for k, v in envelope.headers if k.lower() not in ERROR_HEADERS)
+    failed_at = datetime.fromtimestamp(failed_at_ms / 1000, tz=UTC)
+    return (
+        *own,
+        ("x-error-type", error.error_type.encode()),
+        ("x-error-message", _clip(error.message).encode()),
+        ("x-error-step", (error.step or "").encode()),
+        ("x-attempts", str(error.attempts).encode()),
+        ("x-source-topic", partition.topic.encode()),
+        ("x-source-partition", str(partition.index).encode()),
+        ("x-source-offset", str(envelope.offset).encode()),
+        ("x-source-timestamp", str(envelope.timestamp_ms).encode()),
+        ("x-consumer-group", group_id.encode()),
+        ("x-failed-at", failed_at.isoformat(timespec="milliseconds").encode()),
+    )
+
+
+def _clip(message: str) -> str:
+    encoded = message.encode()
+    if len(encoded) <= MAX_MESSAGE_HEADER:
+        return message
+    return encoded[: MAX_MESSAGE_HEADER - 3].decode(errors="ignore") + "..."

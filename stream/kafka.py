@@ -1,0 +1,274 @@
+"""The worker's view of Kafka: two small protocols and their confluent-kafka implementation.
+
+Everything librdkafka needs is built here, once: the settings tree becomes dotted keys, and
+``kafka.properties`` are passed through verbatim on top (security.protocol, sasl.*, ssl.*).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+import confluent_kafka
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from pipelines.config import KafkaSettings
+from stream.types import Envelope, Headers, Partition
+
+__all__ = [
+    "Consumer",
+    "DeliveryCallback",
+    "KafkaConsumer",
+    "KafkaProducer",
+    "Producer",
+    "RebalanceCallback",
+    "consumer_config",
+    "producer_config",
+]
+
+DeliveryCallback = Callable[[str | None], None]  # the error text, or None when acknowledged
+RebalanceCallback = Callable[[list[Partition]], None]
+
+# Defaults that work on real Kafka and on the embedded broker alike. The session timeout is
+# the smallest a stock Kafka broker allows (group.min.session.timeout.ms = 6000).
+_CONSUMER_DEFAULTS: dict[str, str | int | float | bool] = {
+    "enable.auto.commit": False,
+    "enable.auto.offset.store": False,
+    "auto.offset.reset": "earliest",
+    "session.timeout.ms": 6000,
+    "heartbeat.interval.ms": 1500,
+    "fetch.wait.max.ms": 5,
+    "partition.assignment.strategy": "range",
+}
+_PRODUCER_DEFAULTS: dict[str, str | int | float | bool] = {
+    "enable.idempotence": True,
+    "acks": "all",
+    "linger.ms": 2,
+    "batch.num.messages": 10_000,
+    "queue.buffering.max.messages": 200_000,
+    "partitioner": "murmur2_random",
+}
+
+
+def _base(settings: KafkaSettings, bootstrap: str) -> dict[str, str | int | float | bool]:
+    return {"bootstrap.servers": bootstrap, "client.id": f"headrace-{settings.group_id}"}
+
+
+def consumer_config(
+    settings: KafkaSettings, bootstrap: str, **overrides: str | int | float | bool
+) -> dict[str, str | int | float | bool]:
+    """The librdkafka config of the worker's consumer."""
+    config = _base(settings, bootstrap) | _CONSUMER_DEFAULTS | {"group.id": settings.group_id}
+    return config | dict(settings.properties) | overrides
+
+
+def producer_config(
+    settings: KafkaSettings, bootstrap: str, **overrides: str | int | float | bool
+) -> dict[str, str | int | float | bool]:
+    """The librdkafka config of the worker's producer."""
+    config = _base(settings, bootstrap) | _PRODUCER_DEFAULTS
+    return config | _producer_safe(settings.properties) | overrides
+
+
+def _producer_safe(properties: Mapping[str, Any]) -> dict[str, Any]:
+    """Consumer-only keys in ``kafka.properties`` would make librdkafka's producer warn."""
+    consumer_only = ("group.", "auto.offset.reset", "enable.auto", "session.timeout", "fetch.")
+    return {k: v for k, v in properties.items() if not k.startswith(consumer_only)}
+
+
+class Consumer(Protocol):
+    """What the worker needs of a group consumer; rebalance callbacks run inside consume."""
+
+    def subscribe(
+        self, topics: Sequence[str], on_assign: RebalanceCallback, on_revoke: RebalanceCallback
+    ) -> None: ...
+
+    def consume(self, max_messages: int, timeout: float) -> list[Envelope]: ...
+
+    def commit(self, offsets: Mapping[Partition, int], *, asynchronous: bool) -> None: ...
+
+    def pause(self, partitions: Sequence[Partition]) -> None: ...
+
+    def resume(self, partitions: Sequence[Partition]) -> None: ...
+
+    def assignment(self) -> list[Partition]: ...
+
+    def close(self) -> None: ...
+
+
+class Producer(Protocol):
+    """What the worker needs of a producer; ``on_delivery`` runs inside ``poll``/``flush``."""
+
+    def produce(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: bytes | None,
+        headers: Headers,
+        partition: int | None,
+        on_delivery: DeliveryCallback,
+    ) -> None: ...
+
+    def poll(self, timeout: float) -> None: ...
+
+    def flush(self, timeout: float) -> int: ...
+
+    def partitions_for(self, topic: str) -> int: ...
+
+
+class KafkaConsumer:
+    """A confluent-kafka consumer speaking in :class:`Envelope` and :class:`Partition`."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self._consumer = confluent_kafka.Consumer(dict(config))
+        self._on_assign: RebalanceCallback = _ignore
+        self._on_revoke: RebalanceCallback = _ignore
+
+    def subscribe(
+        self, topics: Sequence[str], on_assign: RebalanceCallback, on_revoke: RebalanceCallback
+    ) -> None:
+        self._on_assign, self._on_revoke = on_assign, on_revoke
+        self._consumer.subscribe(
+            list(topics), on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._revoked
+        )
+
+    def consume(self, max_messages: int, timeout: float) -> list[Envelope]:
+        envelopes = []
+        for message in self._consumer.consume(num_messages=max_messages, timeout=timeout):
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    continue
+                if error.fatal():
+                    raise KafkaException(error)
+                continue  # transient: librdkafka retries by itself
+            envelopes.append(_envelope(message))
+        return envelopes
+
+    def commit(self, offsets: Mapping[Partition, int], *, asynchronous: bool) -> None:
+        if not offsets:
+            return
+        if asynchronous:
+            self._consumer.commit(offsets=_topic_partitions(offsets), asynchronous=True)
+        else:
+            self._consumer.commit(offsets=_topic_partitions(offsets), asynchronous=False)
+
+    def pause(self, partitions: Sequence[Partition]) -> None:
+        if partitions:
+            self._consumer.pause(_topic_partitions({p: -1 for p in partitions}))
+
+    def resume(self, partitions: Sequence[Partition]) -> None:
+        if partitions:
+            self._consumer.resume(_topic_partitions({p: -1 for p in partitions}))
+
+    def assignment(self) -> list[Partition]:
+        return [Partition(tp.topic, tp.partition) for tp in self._consumer.assignment()]
+
+    def group_metadata(self) -> object:
+        return self._consumer.consumer_group_metadata()
+
+    def committed(self, partitions: Sequence[Partition], timeout: float) -> dict[Partition, int]:
+        found = self._consumer.committed(_topic_partitions({p: -1 for p in partitions}), timeout)
+        return {Partition(tp.topic, tp.partition): tp.offset for tp in found}
+
+    def seek(self, partition: Partition, offset: int) -> None:
+        self._consumer.seek(TopicPartition(partition.topic, partition.index, offset))
+
+    def close(self) -> None:
+        self._consumer.close()
+
+    def _assigned(self, consumer: object, partitions: list[TopicPartition]) -> None:
+        del consumer
+        self._on_assign([Partition(tp.topic, tp.partition) for tp in partitions])
+
+    def _revoked(self, consumer: object, partitions: list[TopicPartition]) -> None:
+        del consumer
+        self._on_revoke([Partition(tp.topic, tp.partition) for tp in partitions])
+
+
+class KafkaProducer:
+    """A confluent-kafka producer; blocks politely when its local queue is full."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self._producer = confluent_kafka.Producer(dict(config))
+        self._partitions: dict[str, int] = {}
+
+    @property
+    def transactional(self) -> confluent_kafka.Producer:
+        """The underlying producer, for the transaction calls of exactly-once mode."""
+        return self._producer
+
+    def produce(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: bytes | None,
+        headers: Headers,
+        partition: int | None,
+        on_delivery: DeliveryCallback,
+    ) -> None:
+        def delivered(error: KafkaError | None, message: object) -> None:
+            del message
+            on_delivery(None if error is None else f"{error.name()}: {error.str()}")
+
+        options: dict[str, Any] = {"key": key, "headers": list(headers), "on_delivery": delivered}
+        if partition is not None:
+            options["partition"] = partition
+        while True:
+            try:
+                self._producer.produce(topic, value, **options)
+                return
+            except BufferError:
+                self._producer.poll(0.05)  # local queue full: let deliveries drain
+            except KafkaException as exc:
+                # refused before it left the process (e.g. MSG_SIZE_TOO_LARGE): same path
+                # as a refusal by the broker
+                error = exc.args[0]
+                on_delivery(f"{error.name()}: {error.str()}")
+                return
+
+    def poll(self, timeout: float) -> None:
+        self._producer.poll(timeout)
+
+    def flush(self, timeout: float) -> int:
+        return int(self._producer.flush(timeout))
+
+    def partitions_for(self, topic: str) -> int:
+        if topic not in self._partitions:
+            metadata = self._producer.list_topics(topic, timeout=10)
+            found = metadata.topics.get(topic)
+            count = len(found.partitions) if found is not None and found.error is None else 0
+            if count == 0:
+                return 0
+            self._partitions[topic] = count
+        return self._partitions[topic]
+
+
+def _envelope(message: confluent_kafka.Message) -> Envelope:
+    """A consumed message as an :class:`Envelope` (the message had no error)."""
+    topic, index, offset = message.topic(), message.partition(), message.offset()
+    assert topic is not None and index is not None and offset is not None
+    raw = message.headers() or ()
+    pairs = raw.items() if isinstance(raw, dict) else raw
+    headers = tuple(
+        (name, value.encode() if isinstance(value, str) else (value or b""))
+        for name, value in pairs
+    )
+    return Envelope(
+        partition=Partition(topic, index),
+        offset=offset,
+        key=message.key(),
+        value=message.value() or b"",
+        headers=headers,
+        timestamp_ms=message.timestamp()[1],
+    )
+
+
+def _ignore(partitions: list[Partition]) -> None:
+    del partitions
+
+
+def _topic_partitions(offsets: Mapping[Partition, int]) -> list[TopicPartition]:
+    return [TopicPartition(p.topic, p.index, offset) for p, offset in offsets.items()]

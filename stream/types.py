@@ -1,0 +1,76 @@
+"""Immutable values of the worker: a partition, a consumed request, and what became of it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Self
+
+from pipelines.errors import PipelineError
+
+__all__ = ["DeadLetter", "Envelope", "Outcome", "Partition", "Result"]
+
+Headers = tuple[tuple[str, bytes], ...]
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Partition:
+    topic: str
+    index: int
+
+    def __str__(self) -> str:
+        return f"{self.topic}[{self.index}]"
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One request as consumed: its position, key, bytes, headers and timestamp."""
+
+    partition: Partition
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: Headers = ()
+    timestamp_ms: int = 0
+
+    def header(self, name: str) -> bytes | None:
+        """The last value of header ``name`` (case-insensitive), or None."""
+        found = None
+        lowered = name.lower()
+        for key, value in self.headers:
+            if key.lower() == lowered:
+                found = value
+        return found
+
+    def header_text(self, name: str) -> str | None:
+        value = self.header(name)
+        return None if value is None else value.decode("utf-8", errors="replace")
+
+    @property
+    def request_id(self) -> str:
+        """``x-request-id``, or ``<topic>:<partition>:<offset>`` when the request sent none."""
+        given = self.header_text("x-request-id")
+        return given or f"{self.partition.topic}:{self.partition.index}:{self.offset}"
+
+    def replace(self, **changes: object) -> Self:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """A served request: the bytes and headers to publish on the output topic."""
+
+    envelope: Envelope
+    value: bytes
+    headers: Headers
+    rows: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A request that cannot be served, with the error that says why."""
+
+    envelope: Envelope
+    error: PipelineError
+
+
+Outcome = Result | DeadLetter
