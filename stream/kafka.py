@@ -237,7 +237,8 @@ class KafkaProducer:
 
     def partitions_for(self, topic: str) -> int:
         if topic not in self._partitions:
-            metadata = self._producer.list_topics(topic, timeout=10)
+            # all topics: asking for one by name makes some brokers create it
+            metadata = self._producer.list_topics(timeout=10)
             found = metadata.topics.get(topic)
             count = len(found.partitions) if found is not None and found.error is None else 0
             if count == 0:
