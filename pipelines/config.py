@@ -8,6 +8,7 @@ the file and the dotted key.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
@@ -18,8 +19,10 @@ from pydantic import (
     Field,
     PositiveInt,
     PrivateAttr,
+    SecretStr,
     StringConstraints,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -39,6 +42,7 @@ __all__ = [
     "ShadowSpec",
     "SplitSpec",
     "StepSpec",
+    "is_secret_property",
     "load_settings",
 ]
 
@@ -156,6 +160,16 @@ class PipelineSettings(_Frozen):
     steps: list[StepSpec] = Field(min_length=1)
 
 
+# librdkafka properties whose values are credentials: kept as SecretStr, never printed
+_SECRET_KEY = re.compile(r"(password|secret|jaas|token|private|\.key\.pem|credentials)", re.I)
+PropertyValue = str | int | float | bool | SecretStr
+
+
+def is_secret_property(key: str) -> bool:
+    """Whether a librdkafka property holds a credential (sasl.password, ssl.key.password ...)."""
+    return bool(_SECRET_KEY.search(key))
+
+
 class KafkaSettings(_Frozen):
     bootstrap_servers: str = "embedded"
     input_topic: str = ""
@@ -164,7 +178,31 @@ class KafkaSettings(_Frozen):
     group_id: str = ""
     partitions: PositiveInt = 4
     max_message_bytes: Annotated[int, Field(ge=1024)] = 1_048_576  # requests, results, topics
-    properties: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    properties: dict[str, PropertyValue] = Field(default_factory=dict)
+
+    @field_validator("properties", mode="after")
+    @classmethod
+    def _hide_secrets(cls, properties: dict[str, PropertyValue]) -> dict[str, PropertyValue]:
+        return {
+            key: SecretStr(str(value))
+            if is_secret_property(key) and not isinstance(value, SecretStr)
+            else value
+            for key, value in properties.items()
+        }
+
+    def librdkafka_properties(self) -> dict[str, str | int | float | bool]:
+        """``properties`` with secrets revealed: for librdkafka's config, and nothing else."""
+        return {
+            key: value.get_secret_value() if isinstance(value, SecretStr) else value
+            for key, value in self.properties.items()
+        }
+
+    def redacted_properties(self) -> dict[str, str | int | float | bool]:
+        """``properties`` for display: secret values as ``***``."""
+        return {
+            key: "***" if isinstance(value, SecretStr) else value
+            for key, value in self.properties.items()
+        }
 
 
 class BatchingSettings(_Frozen):
@@ -253,6 +291,7 @@ def load_settings(path: str | os.PathLike[str]) -> Settings:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the config must be a mapping of sections, got {raw!r}")
+    raw = _interpolate(raw, source, "")
     _resolve_model_paths(raw, source.resolve().parent)
     try:
         settings = Settings(**raw)
@@ -270,6 +309,8 @@ def _describe(exc: ValidationError) -> str:
             problems.append(f"unknown key '{key}'")
         elif error["type"] == "missing":
             problems.append(f"missing key '{key}'")
+        elif "properties" in key or is_secret_property(key):
+            problems.append(f"key '{key}': {error['msg']}")  # the value may be a credential
         else:
             problems.append(f"key '{key}': {error['msg']} (got {error.get('input')!r})")
     return "; ".join(problems)
@@ -283,6 +324,33 @@ def _dotted(loc: tuple[int | str, ...]) -> str:
         else:
             text += f".{part}" if text else str(part)
     return text
+
+
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _interpolate(node: Any, source: Path, key: str) -> Any:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in string values from the environment."""
+    if isinstance(node, dict):
+        return {
+            k: _interpolate(v, source, f"{key}.{k}" if key else str(k)) for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_interpolate(item, source, f"{key}[{i}]") for i, item in enumerate(node)]
+    if not isinstance(node, str) or "${" not in node:
+        return node
+
+    def value(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        found = os.environ.get(name, default)
+        if found is None:
+            raise ConfigError(
+                f"{source}: key '{key}': environment variable {name} is not set "
+                f"(write ${{{name}:-default}} for a default)"
+            )
+        return found
+
+    return _VARIABLE.sub(value, node)
 
 
 def _resolve_model_paths(node: Any, base: Path) -> None:

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from pipelines.config import Settings
 from pipelines.errors import ConfigError, PipelineError
 
 __all__ = ["main"]
@@ -136,7 +137,26 @@ def _validate(args: argparse.Namespace) -> int:
         f"{kafka.dead_letter_topic}), group {kafka.group_id}, {kafka.partitions} partitions"
     )
     print(f"kafka     {kafka.bootstrap_servers}")
+    if kafka.properties:
+        shown = ", ".join(f"{k}={v}" for k, v in sorted(kafka.redacted_properties().items()))
+        print(f"properties {shown}")
+    for warning in _security_warnings(settings):
+        print(f"warning: {warning}", file=sys.stderr)
     return EXIT_OK
+
+
+def _security_warnings(settings: Settings) -> list[str]:
+    properties = {
+        k.lower(): str(v).upper() for k, v in settings.kafka.redacted_properties().items()
+    }
+    protocol = properties.get("security.protocol", "PLAINTEXT")
+    warnings = []
+    if protocol == "SASL_PLAINTEXT":
+        warnings.append(
+            "security.protocol SASL_PLAINTEXT sends SASL credentials unencrypted "
+            "(and PLAIN mechanism passwords in clear text); use SASL_SSL"
+        )
+    return warnings
 
 
 def _schema_line(schema: object, prefix: str = "") -> str:

@@ -79,7 +79,7 @@ class Decoder:
         if size > self._max_bytes:
             raise TooLarge(
                 f"request of {size} bytes is over the limit of {self._max_bytes} bytes "
-                "(kafka.properties message.max.bytes)"
+                "(kafka.max_message_bytes)"
             )
         content_type = envelope.header_text(headers.CONTENT_TYPE)
         fmt = formats.format_for_content_type(content_type)

@@ -59,7 +59,7 @@ def consumer_config(
 ) -> dict[str, str | int | float | bool]:
     """The librdkafka config of the worker's consumer."""
     config = _base(settings, bootstrap) | _CONSUMER_DEFAULTS | {"group.id": settings.group_id}
-    return config | dict(settings.properties) | overrides
+    return config | settings.librdkafka_properties() | overrides
 
 
 def producer_config(
@@ -67,7 +67,7 @@ def producer_config(
 ) -> dict[str, str | int | float | bool]:
     """The librdkafka config of the worker's producer."""
     config = _base(settings, bootstrap) | _PRODUCER_DEFAULTS
-    return config | _producer_safe(settings.properties) | overrides
+    return config | _producer_safe(settings.librdkafka_properties()) | overrides
 
 
 def _producer_safe(properties: Mapping[str, Any]) -> dict[str, Any]:

@@ -61,7 +61,7 @@ def create_topics(settings: Settings, bootstrap: str) -> list[str]:
         dict.fromkeys(
             (kafka.input_topic, kafka.output_topic, kafka.dead_letter_topic), kafka.partitions
         ),
-        properties=kafka.properties,
+        properties=kafka.librdkafka_properties(),
         config=topic_config,
     )
     return created
@@ -112,7 +112,9 @@ def run_worker(settings: Settings, bootstrap: str) -> int:
     """Serve until SIGTERM/SIGINT, then drain, commit and return 0."""
     pipeline = Pipeline(settings)
     kafka = settings.kafka
-    partitions = topic_partitions(bootstrap, kafka.input_topic, properties=kafka.properties)
+    partitions = topic_partitions(
+        bootstrap, kafka.input_topic, properties=kafka.librdkafka_properties()
+    )
     if settings.replicas > partitions:
         _log.warning(
             "more replicas than input partitions; some will stay idle",
