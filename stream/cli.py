@@ -58,6 +58,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(command=_run)
 
+    reload = commands.add_parser(
+        "reload", help="re-read the config in running workers (SIGHUP) and swap the pipeline"
+    )
+    reload.add_argument("config", type=Path)
+    reload.set_defaults(command=_reload)
+
     topics = commands.add_parser("topics", help="create the input, output and dead-letter topics")
     topics.add_argument("config", type=Path)
     topics.set_defaults(command=_topics)
@@ -91,6 +97,19 @@ def _run(args: argparse.Namespace) -> int:
         if replicas == 1:
             return run_worker(settings, connection.bootstrap)
         return run_replicas(args.config, replicas, connection.bootstrap, settings.metrics.port)
+
+
+def _reload(args: argparse.Namespace) -> int:
+    from pipelines import Pipeline
+    from stream.reload import signal_reload
+
+    Pipeline.from_config(args.config)  # refuse here, with the reason, what a worker would refuse
+    pids = signal_reload(args.config)
+    if not pids:
+        print(f"headrace: no running `headrace run {args.config}` found", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"asked {len(pids)} worker process(es) to reload: pids {', '.join(map(str, pids))}")
+    return EXIT_OK
 
 
 def _topics(args: argparse.Namespace) -> int:

@@ -35,7 +35,8 @@ def run_replicas(config: Path, replicas: int, bootstrap: str, metrics_port: int)
             if child.poll() is None:
                 child.send_signal(signum)
 
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    forwarded = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, forward) for sig in forwarded}
     try:
         while any(child.poll() is None for child in children):
             time.sleep(0.2)

@@ -179,7 +179,13 @@ def _stop_on_signals(worker: Worker) -> Iterator[None]:
         _log.info("stopping: finishing in-flight requests", signal=signal.Signals(signum).name)
         worker.stop()
 
+    def reload(signum: int, frame: FrameType | None) -> None:
+        del signum, frame
+        _log.info("SIGHUP: reloading the config")
+        worker.request_reload()
+
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, reload)
     try:
         yield
     finally:

@@ -13,8 +13,8 @@ from typing import cast
 import structlog
 
 from pipelines import Pipeline
-from pipelines.config import Settings
-from pipelines.errors import OutputError, TooLarge
+from pipelines.config import Settings, load_settings
+from pipelines.errors import ConfigError, OutputError, PipelineError, TooLarge
 from stream.batcher import Batch, Batcher
 from stream.commit import Committer, TransactionAborted
 from stream.decoding import Decoded, Decoder
@@ -70,6 +70,8 @@ class Worker:
         self._paused: list[Partition] = []
         self._failure: WorkerError | None = None
         self._output_partitions = -1
+        self._max_request_bytes = max_request_bytes
+        self._reload_requested = False
         consumer.subscribe([settings.kafka.input_topic], self.on_assign, self.on_revoke)
 
     def run(self) -> None:
@@ -84,12 +86,18 @@ class Worker:
         """Ask the loop to stop after this iteration (safe from a signal handler)."""
         self.running = False
 
+    def request_reload(self) -> None:
+        """Re-read the config before the next iteration (safe from a signal handler)."""
+        self._reload_requested = True
+
     def close(self) -> None:
         """Leave the consumer group; call after ``run`` returned."""
         self._consumer.close()
 
     def run_once(self) -> None:
         """One iteration: consume, serve due batches, publish, back-pressure, commit."""
+        if self._reload_requested:
+            self._reload()
         self._consume()
         self._serve(self._batcher.due())
         self._publish()
@@ -163,6 +171,13 @@ class Worker:
     def _publish_result(self, result: Result) -> None:
         kafka = self.settings.kafka
         envelope = result.envelope
+        if len(result.value) > kafka.max_message_bytes:
+            message = (
+                f"result of {len(result.value)} bytes is over the limit of "
+                f"{kafka.max_message_bytes} bytes (kafka.max_message_bytes)"
+            )
+            self._publish_dead_letter(DeadLetter(envelope, OutputError(message)))
+            return
 
         def delivered(error: str | None) -> None:
             if error is None:
@@ -226,6 +241,53 @@ class Worker:
                 self.settings.kafka.output_topic
             )
         return source.index if source.index < self._output_partitions else None
+
+    def _reload(self) -> None:
+        """Swap in the pipeline of the re-read config once in-flight batches are served.
+
+        The new pipeline is loaded and validated beside the running one; a config that does
+        not load is refused and the running pipeline keeps serving. Changes to ``kafka``,
+        ``metrics`` and ``replicas`` need a restart and are not applied.
+        """
+        self._reload_requested = False
+        source = self.settings.source
+        try:
+            if source is None:
+                raise ConfigError("the running settings were not loaded from a file")
+            settings = load_settings(source)
+            pipeline = Pipeline(settings)
+        except (PipelineError, OSError) as exc:
+            _log.error(
+                "reload refused; the running pipeline keeps serving",
+                error=str(exc),
+                version=self.pipeline.version,
+            )
+            return
+        kept = {
+            "kafka": self.settings.kafka,
+            "metrics": self.settings.metrics,
+            "replicas": self.settings.replicas,
+        }
+        ignored = [key for key, value in kept.items() if getattr(settings, key) != value]
+        if ignored:
+            _log.warning(
+                "reload: these sections need a restart and were not applied", sections=ignored
+            )
+        self._serve(self._batcher.drain())
+        self._publish()
+        old_version = self.pipeline.version
+        self.settings = settings.model_copy(update=kept)
+        self.pipeline = pipeline
+        self._decoder = Decoder(pipeline, self.settings.processing, self._max_request_bytes)
+        self._server = Server(pipeline, self._metrics)
+        batching = self.settings.batching
+        self._batcher = Batcher(batching.max_rows, batching.max_wait_ms, self._clock)
+        _log.info(
+            "pipeline reloaded",
+            old_version=old_version,
+            version=pipeline.version,
+            steps=pipeline.step_names,
+        )
 
     def _apply_backpressure(self) -> None:
         batching = self.settings.batching
