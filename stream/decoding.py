@@ -51,7 +51,10 @@ class Decoded:
         if self.table is not None:
             return ("table", self.table.schema, self.parameters)
         if self.records is not None:
-            return ("records", formats.records_signature(self.records), self.parameters)
+            # value types too: an int column must not turn float because a batch-mate sent 1.5
+            first = self.records[0]
+            kinds = tuple(type(value).__name__ for value in first.values())
+            return ("records", formats.records_signature(self.records), kinds, self.parameters)
         return ("custom", self.envelope.partition, self.envelope.offset)
 
 

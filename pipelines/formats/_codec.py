@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from itertools import repeat
 
 import pyarrow as pa
 
@@ -37,6 +36,7 @@ __all__ = [
 ]
 
 _ARROW_MAGIC = {b"ARROW1": Format.ARROW_FILE, b"\xff\xff\xff\xff": Format.ARROW_STREAM}
+_STREAM_END = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # continuation marker, then length 0
 _ARROW_NAMES = {Format.ARROW_STREAM: "stream", Format.ARROW_FILE: "file"}
 
 
@@ -131,15 +131,9 @@ def encode(
 
     An :class:`OutputError` names a column the format cannot carry.
     """
-    (payload,) = encode_many(
-        table,
-        fmt,
-        [table.num_rows],
-        oip_ids=[oip_id],
-        model_name=model_name,
-        model_version=model_version,
-    )
-    return payload
+    if fmt is Format.OIP:
+        return dumps(oip_response(oip_tensors(table), oip_id, model_name, model_version))
+    return _encode_table(table, fmt)
 
 
 def encode_many(
@@ -160,14 +154,17 @@ def encode_many(
     """
     _check_counts(table, row_counts, oip_ids)
     if fmt is Format.OIP:
-        ids = repeat(None) if oip_ids is None else oip_ids
+        ids = [None] * len(row_counts) if oip_ids is None else oip_ids
         return [
             dumps(oip_response(tensors, oip_id, model_name, model_version))
-            for tensors, oip_id in zip(oip_tensor_sets(table, row_counts), ids, strict=False)
+            for tensors, oip_id in zip(oip_tensor_sets(table, row_counts), ids, strict=True)
         ]
     if fmt is Format.PANDAS_RECORDS:
         return records_payloads(table, row_counts)
-    return [_encode_table(table.slice(start, count), fmt) for start, count in row_spans(row_counts)]
+    spans = row_spans(row_counts)
+    if fmt is Format.ARROW_STREAM and not any(map(_has_dictionary, table.schema.types)):
+        return _arrow_streams(table, spans)
+    return [_encode_table(table.slice(start, count), fmt) for start, count in spans]
 
 
 def _check_counts(
@@ -180,6 +177,28 @@ def _check_counts(
         )
     if oip_ids is not None and len(oip_ids) != len(row_counts):
         raise ValueError(f"{len(oip_ids)} oip_ids for {len(row_counts)} requests; give one each")
+
+
+def _arrow_streams(table: pa.Table, spans: list[tuple[int, int]]) -> list[bytes]:
+    """Arrow IPC streams of rows ``start`` to ``start + count`` of ``table``, schema written once.
+
+    Without dictionaries a stream is the schema message, one message per record batch and the
+    end-of-stream marker: the very bytes the stream writer writes.
+    """
+    try:
+        schema = table.schema.serialize()
+        return [
+            b"".join([schema, *map(pa.RecordBatch.serialize, slice_.to_batches()), _STREAM_END])
+            for slice_ in (table.slice(start, count) for start, count in spans)
+        ]
+    except pa.ArrowException as exc:
+        raise OutputError(f"result cannot be written as Arrow IPC: {exc}") from exc
+
+
+def _has_dictionary(arrow_type: pa.DataType) -> bool:
+    """Whether a type is dictionary-encoded or holds one (its stream then has dictionaries)."""
+    children = (arrow_type.field(index).type for index in range(arrow_type.num_fields))
+    return pa.types.is_dictionary(arrow_type) or any(map(_has_dictionary, children))
 
 
 def encode_request(

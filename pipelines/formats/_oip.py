@@ -20,7 +20,14 @@ import pyarrow as pa
 
 from pipelines.errors import DecodeError, OutputError
 from pipelines.formats._core import Format, JsonValue, Request, json_type_name
-from pipelines.formats._tensors import json_values, nest, one_array, row_spans, uniform_shape
+from pipelines.formats._tensors import (
+    SHORT_FLOATS,
+    json_values,
+    nest,
+    one_array,
+    row_spans,
+    uniform_shape,
+)
 
 __all__ = ["oip_request", "oip_response", "oip_table", "oip_tensor_sets", "oip_tensors"]
 
@@ -39,7 +46,6 @@ _ARROW_TYPES: Mapping[str, pa.DataType] = {
     "FP64": pa.float64(),
     "BYTES": pa.string(),
 }
-_SHORT_FLOATS = (np.dtype(np.float16), np.dtype(np.float32))  # numpy prints them shortest
 _DATATYPES = {arrow_type: datatype for datatype, arrow_type in _ARROW_TYPES.items()} | {
     pa.large_string(): "BYTES"
 }
@@ -187,7 +193,10 @@ def oip_response(
 
 def oip_tensors(table: pa.Table) -> list[dict[str, object]]:
     """One OIP tensor per column, data flat row-major; :class:`OutputError` where impossible."""
-    return oip_tensor_sets(table, [table.num_rows])[0]
+    return [
+        _tensor(name, one_array(column))
+        for name, column in zip(table.schema.names, table.columns, strict=True)
+    ]
 
 
 def oip_tensor_sets(table: pa.Table, row_counts: Sequence[int]) -> list[list[dict[str, object]]]:
@@ -206,31 +215,39 @@ def oip_tensor_sets(table: pa.Table, row_counts: Sequence[int]) -> list[list[dic
     return [list(tensors) for tensors in zip(*columns, strict=True)]
 
 
-def _tensors(name: str, array: pa.Array, spans: list[tuple[int, int]]) -> list[dict[str, object]]:
-    """Column ``name`` as one tensor per ``(start, count)`` span of rows, each what those rows
-    alone would give."""
+def _tensor(name: str, array: pa.Array) -> dict[str, object]:
     if pa.types.is_dictionary(array.type):
         array = array.dictionary_decode()
     shaped = uniform_shape(array)
-    if isinstance(shaped, str) and len(spans) == 1:
+    if isinstance(shaped, str):
         raise OutputError(
             f"column {name!r} cannot be an OIP tensor: {shaped}; "
             "OIP needs every row of a column to have the same shape"
         )
-    if isinstance(shaped, str):  # a request's own rows may still have one shape
-        return [
-            _tensors(name, array.slice(start, count), [(0, count)])[0] for start, count in spans
-        ]
     leaf, dims = shaped
-    template = {"name": name, "shape": None, **_datatype(name, array.type, leaf.type), "data": None}
+    head = _datatype(name, array.type, leaf.type)
+    return {"name": name, "shape": [len(array), *dims], **head, "data": json_values(leaf)}
+
+
+def _tensors(name: str, array: pa.Array, spans: list[tuple[int, int]]) -> list[dict[str, object]]:
+    """Column ``name`` as one tensor per ``(start, count)`` span of rows, each what ``_tensor``
+    gives for those rows alone."""
+    if pa.types.is_dictionary(array.type):
+        array = array.dictionary_decode()
+    shaped = uniform_shape(array)
+    if isinstance(shaped, str):  # a request's own rows may still have one shape
+        return [_tensor(name, array.slice(start, count)) for start, count in spans]
+    leaf, dims = shaped
+    head = _datatype(name, array.type, leaf.type)
+    template: dict[str, object] = {"name": name, "shape": None, **head, "data": None}
     values = json_values(leaf)
-    if isinstance(values, np.ndarray) and values.dtype not in _SHORT_FLOATS:
+    if isinstance(values, np.ndarray) and values.dtype not in SHORT_FLOATS:
         values = values.tolist()  # prints the same, and a list slices and encodes faster
     width = math.prod(dims)
     tensors: list[dict[str, object]] = []
     for start, count in spans:
-        if not count and len(spans) > 1:  # no rows: the dims that no rows have
-            tensors += _tensors(name, array.slice(start, 0), [(0, 0)])
+        if not count:  # no rows: the dims that no rows have
+            tensors.append(_tensor(name, array.slice(start, 0)))
             continue
         tensor = template.copy()  # keys stay in the template's order
         tensor["shape"] = [count, *dims]

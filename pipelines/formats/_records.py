@@ -24,6 +24,7 @@ import pyarrow as pa
 from pipelines.errors import DecodeError, OutputError
 from pipelines.formats._core import JsonValue, json_type_name, load_json
 from pipelines.formats._tensors import (
+    SHORT_FLOATS,
     epoch_ms,
     is_list,
     json_values,
@@ -47,7 +48,6 @@ _PROMPT = "pandas-records JSON must be an object or a list of objects"
 _FLOAT = pa.float64()
 _FLOAT_LIST = pa.list_(_FLOAT)
 _FLOAT_MATRIX = pa.list_(_FLOAT_LIST)
-_SHORT_FLOATS = (np.dtype(np.float16), np.dtype(np.float32))
 _ARRAY_ERRORS = (pa.ArrowException, TypeError, ValueError, OverflowError)
 
 Rows = list[dict[str, JsonValue]]
@@ -59,6 +59,8 @@ def parse_records(payload: bytes) -> Rows:
     An object is one row, a list of objects one row each. A :class:`DecodeError` says where the
     bytes stop being JSON, or what is not an object, or that there is no row or no column.
     """
+    if not payload:
+        raise DecodeError("payload is empty")
     return _rows(load_json(payload))
 
 
@@ -186,7 +188,7 @@ def _column_cells(array: pa.Array, row_counts: Sequence[int]) -> list[object]:
         array = array.dictionary_decode()
     if not is_list(array.type):
         values = json_values(array)
-        if isinstance(values, np.ndarray) and values.dtype in _SHORT_FLOATS:
+        if isinstance(values, np.ndarray) and values.dtype in SHORT_FLOATS:
             return list(values)  # numpy scalars, which orjson prints shortest for their width
         return cast(list[object], values.tolist() if isinstance(values, np.ndarray) else values)
     shaped = uniform_shape(array)

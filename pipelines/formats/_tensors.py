@@ -17,6 +17,7 @@ import pyarrow as pa
 from pipelines.formats._core import JsonValue
 
 __all__ = [
+    "SHORT_FLOATS",
     "epoch_ms",
     "is_list",
     "json_values",
@@ -29,6 +30,9 @@ __all__ = [
 JsonLeaves = npt.NDArray[np.generic] | list[JsonValue]
 """Leaf values ready for ``orjson`` with ``OPT_SERIALIZE_NUMPY``."""
 
+
+SHORT_FLOATS = (np.dtype(np.float16), np.dtype(np.float32))
+"""numpy dtypes that orjson prints shortest for their width, where a Python float would not."""
 
 _LIST_TYPES = (pa.ListType, pa.LargeListType, pa.FixedSizeListType)
 _FLOAT_IDS = frozenset(t.id for t in (pa.float16(), pa.float32(), pa.float64()))

@@ -17,11 +17,15 @@ from pipelines.formats import (
     decode,
     decode_response,
     encode,
+    encode_many,
     encode_request,
     encode_value,
     format_for_content_type,
+    parse_records,
+    records_signature,
     table_from_pandas,
     table_from_records,
+    table_from_requests,
     table_to_pandas,
 )
 
@@ -725,6 +729,146 @@ def test_dataframe_round_trip() -> None:
     assert table_from_pandas(table_to_pandas(table)).equals(table)
 
 
+# --- micro-batches --------------------------------------------------------------------------
+
+
+def _each_slice(
+    table: pa.Table, fmt: Format, row_counts: list[int], oip_ids: list[str | None]
+) -> list[bytes]:
+    starts = np.cumsum([0, *row_counts])
+    return [
+        encode(table.slice(start, count), fmt, oip_id=oip_id, model_name="m", model_version="2")
+        for start, count, oip_id in zip(starts, row_counts, oip_ids, strict=False)
+    ]
+
+
+@pytest.mark.parametrize("fmt", TABLE_FORMATS)
+def test_encode_many_equals_encode_of_each_slice(fmt: Format) -> None:
+    """Each payload of a micro-batch is byte for byte what encode gives for that request's rows."""
+    table = _sample(7)
+    chunked = pa.concat_tables([table.slice(0, 2), table.slice(2, 5)])
+    counts, ids = [1, 3, 2, 1], ["a", None, "c", "d"]
+    payloads = encode_many(chunked, fmt, counts, oip_ids=ids, model_name="m", model_version="2")
+    assert payloads == _each_slice(chunked, fmt, counts, ids)
+    if fmt is Format.OIP:
+        assert [orjson.loads(payload).get("id") for payload in payloads] == ids
+
+
+@pytest.mark.parametrize("fmt", TABLE_FORMATS)
+def test_encode_many_writes_each_request_as_its_rows_alone_would(fmt: Format) -> None:
+    """Ragged lists, nulls, dictionaries and empty requests encode as each request alone would."""
+    table = pa.table(
+        {
+            "v": pa.array([[0.1], [0.2], [0.3, 0.4], [0.5, 0.6], [0.7]], pa.list_(pa.float32())),
+            "n": pa.array([1, 2, None, 4, 5], pa.int64()),
+            "f": pa.array([0.5, None, 1.5, 2.5, 3.5], pa.float32()),
+            "d": pa.array(["x", "y", "x", "z", "y"]).dictionary_encode(),
+            "w": pa.array([[1, 2]] * 5, pa.list_(pa.int8())),
+        }
+    )
+    counts, ids = [2, 0, 2, 1], ["a", "b", None, "d"]
+    assert encode_many(table, fmt, counts, oip_ids=ids, model_name="m", model_version="2") == (
+        _each_slice(table, fmt, counts, ids)
+    )
+
+
+@pytest.mark.parametrize("fmt", [Format.ARROW_STREAM, Format.ARROW_FILE])
+@pytest.mark.parametrize(
+    "table",
+    [
+        pa.concat_tables([_sample(5).slice(0, 2), _sample(5).slice(2, 3)]),
+        pa.table({"d": pa.array(["x", "y", "x"]).dictionary_encode(), "n": [1, 2, 3]}),
+        _sample(3).replace_schema_metadata({"origin": "test"}),
+    ],
+)
+def test_encode_many_arrow_is_what_the_ipc_writer_writes(fmt: Format, table: pa.Table) -> None:
+    """Each Arrow payload of a micro-batch is the bytes pyarrow's IPC writer gives its rows."""
+    payloads = encode_many(table, fmt, [2, 0, table.num_rows - 2])
+    expected = []
+    for start, count in [(0, 2), (2, 0), (2, table.num_rows - 2)]:
+        sink = pa.BufferOutputStream()
+        opener = pa.ipc.new_file if fmt is Format.ARROW_FILE else pa.ipc.new_stream
+        with opener(sink, table.schema) as writer:
+            writer.write_table(table.slice(start, count))
+        expected.append(sink.getvalue().to_pybytes())
+    assert payloads == expected
+
+
+def test_encode_many_names_a_column_it_cannot_encode() -> None:
+    """A column one request cannot carry is an OutputError that names it."""
+    table = pa.table({"v": pa.array([[1.5], [2.5], [3.5, 4.5]], pa.list_(pa.float32()))})
+    with pytest.raises(OutputError, match="column 'v' cannot be an OIP tensor"):
+        encode_many(table, Format.OIP, [1, 2])
+
+
+def test_encode_many_checks_its_row_counts_and_ids() -> None:
+    """Row counts that do not cover the table, or ids not one per request, are a ValueError."""
+    with pytest.raises(ValueError, match="add up to the table's 3 rows"):
+        encode_many(_sample(3), Format.PANDAS_RECORDS, [1, 1])
+    with pytest.raises(ValueError, match="1 oip_ids for 2 requests"):
+        encode_many(_sample(3), Format.OIP, [1, 2], oip_ids=["a"])
+
+
+def test_table_from_requests_equals_table_from_records_of_all_rows() -> None:
+    """A batch of requests is one table with the types their rows together would have."""
+    requests = [
+        parse_records(b'{"a": 1, "v": [1, 2]}'),
+        parse_records(b'[{"a": 2.5, "v": [0.5, 3]}, {"b": "x"}]'),
+        parse_records(b'[{"a": 3, "b": null, "v": [4, 5]}]'),
+    ]
+    table = table_from_requests(requests)
+    everything: list[JsonValue] = [row for rows in requests for row in rows]
+    assert table.equals(table_from_records(everything))
+    assert table.schema.types == [pa.float64(), pa.list_(pa.float64()), pa.string()]
+    assert table.to_pylist() == [
+        {"a": 1.0, "v": [1.0, 2.0], "b": None},
+        {"a": 2.5, "v": [0.5, 3.0], "b": None},
+        {"a": None, "v": None, "b": "x"},
+        {"a": 3.0, "v": [4.0, 5.0], "b": None},
+    ]
+
+
+def test_table_from_requests_of_one_row_requests_equals_their_decoded_tables() -> None:
+    """One-row tensor requests batch into the rows decode gives each of them, in order."""
+    payloads = [orjson.dumps([{"tensor": [float(i), 0.5 * i]}]) for i in range(5)]
+    table = table_from_requests([parse_records(payload) for payload in payloads])
+    decoded = [decode(payload).table for payload in payloads]
+    assert table.equals(pa.concat_tables(t for t in decoded if t is not None))
+
+
+def test_conflicting_requests_are_a_decode_error() -> None:
+    """Requests whose column is a number in one and a string in another cannot batch."""
+    with pytest.raises(DecodeError, match="pandas-records column 'a' cannot be read"):
+        table_from_requests([parse_records(b'{"a": 1}'), parse_records(b'{"a": "x"}')])
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"", b"42", b'"text"', b"[1, 2]", b'[{"a": 1}, "b"]', b"[]", b"[{}]", b'[{"a": 1,, }]'],
+)
+def test_parse_records_errors_are_those_of_decode(payload: bytes) -> None:
+    """parse_records rejects what decode rejects as pandas-records, with the same message."""
+    with pytest.raises(DecodeError) as parsed:
+        parse_records(payload)
+    with pytest.raises(DecodeError) as decoded:
+        decode(payload, CONTENT_TYPES[Format.PANDAS_RECORDS])
+    assert parsed.value.message == decoded.value.message
+
+
+def test_parse_records_gives_one_dict_per_row() -> None:
+    """An object is one row and a list of objects one row each, as parsed."""
+    assert parse_records(b'{"a": 1}') == [{"a": 1}]
+    assert parse_records(b'[{"a": [1.5]}, {"b": "x"}]') == [{"a": [1.5]}, {"b": "x"}]
+
+
+def test_records_signature_is_the_column_names_in_first_seen_order() -> None:
+    """A request's signature is the columns its table gets: every key, first seen first."""
+    assert records_signature([{"tensor": [1.5], "id": "a"}]) == ("tensor", "id")
+    rows = parse_records(b'[{"b": 1}, {"a": 2, "b": 3}, {"c": 4}]')
+    assert records_signature(rows) == ("b", "a", "c")
+    assert records_signature(rows) == tuple(table_from_requests([rows]).column_names)
+
+
 # --- surface --------------------------------------------------------------------------------
 
 
@@ -738,11 +882,15 @@ def test_public_names() -> None:
         "decode",
         "decode_response",
         "encode",
+        "encode_many",
         "encode_request",
         "encode_value",
         "format_for_content_type",
+        "parse_records",
+        "records_signature",
         "table_from_pandas",
         "table_from_records",
+        "table_from_requests",
         "table_to_pandas",
     ]
 
