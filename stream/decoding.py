@@ -94,6 +94,11 @@ class Decoder:
                     f"pipeline '{self._pipeline.name}' takes custom JSON; got {content_type}"
                 )
             request = formats.decode(envelope.value, content_type, custom=True)
+            if request.format is not Format.CUSTOM:  # sniffed Arrow, or format=pandas-records
+                raise DecodeError(
+                    f"pipeline '{self._pipeline.name}' takes custom JSON; "
+                    f"got {formats.CONTENT_TYPES[request.format]}"
+                )
             return Decoded(
                 envelope, Format.CUSTOM, 1, selection, value=request.value, parameters=parameters
             )

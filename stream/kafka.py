@@ -59,7 +59,7 @@ def consumer_config(
 ) -> dict[str, str | int | float | bool]:
     """The librdkafka config of the worker's consumer."""
     config = _base(settings, bootstrap) | _CONSUMER_DEFAULTS | {"group.id": settings.group_id}
-    return config | settings.librdkafka_properties() | overrides
+    return config | _without(settings.librdkafka_properties(), _PRODUCER_ONLY) | overrides
 
 
 def producer_config(
@@ -67,13 +67,57 @@ def producer_config(
 ) -> dict[str, str | int | float | bool]:
     """The librdkafka config of the worker's producer."""
     config = _base(settings, bootstrap) | _PRODUCER_DEFAULTS
-    return config | _producer_safe(settings.librdkafka_properties()) | overrides
+    return config | _without(settings.librdkafka_properties(), _CONSUMER_ONLY) | overrides
 
 
-def _producer_safe(properties: Mapping[str, Any]) -> dict[str, Any]:
-    """Consumer-only keys in ``kafka.properties`` would make librdkafka's producer warn."""
-    consumer_only = ("group.", "auto.offset.reset", "enable.auto", "session.timeout", "fetch.")
-    return {k: v for k, v in properties.items() if not k.startswith(consumer_only)}
+def _without(properties: Mapping[str, Any], prefixes: tuple[str, ...]) -> dict[str, Any]:
+    """``kafka.properties`` less the keys the other client kind owns (librdkafka warns)."""
+    return {k: v for k, v in properties.items() if not k.startswith(prefixes)}
+
+
+_CONSUMER_ONLY = (  # the "C" properties of librdkafka's CONFIGURATION.md
+    "group.",
+    "auto.offset.reset",
+    "enable.auto",
+    "auto.commit",
+    "session.timeout",
+    "heartbeat.interval",
+    "max.poll.interval",
+    "partition.assignment.strategy",
+    "coordinator.query.interval",
+    "fetch.",
+    "max.partition.fetch",
+    "queued.",
+    "isolation.level",
+    "enable.partition.eof",
+    "check.crcs",
+    "offset.store",
+    "consume.callback",
+)
+_PRODUCER_ONLY = (  # the "P" properties of librdkafka's CONFIGURATION.md
+    "acks",
+    "request.required.acks",
+    "request.timeout.ms",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "linger.ms",
+    "queue.buffering.",
+    "queuing.strategy",
+    "batch.",
+    "compression.",
+    "enable.idempotence",
+    "enable.gapless.guarantee",
+    "transactional.id",
+    "transaction.timeout.ms",
+    "message.send.max.retries",
+    "retries",
+    "retry.backoff",
+    "partitioner",
+    "sticky.partitioning",
+    "produce.offset.report",
+    "delivery.report.only.error",
+    "dr_",
+)
 
 
 class Consumer(Protocol):
@@ -92,6 +136,14 @@ class Consumer(Protocol):
     def resume(self, partitions: Sequence[Partition]) -> None: ...
 
     def assignment(self) -> list[Partition]: ...
+
+    def lag(self) -> dict[Partition, int]:
+        """Messages between the position and the end of each assigned partition, where known."""
+        ...
+
+    def reachable(self, timeout: float) -> str | None:
+        """None when the broker answers a metadata request in time, else why not."""
+        ...
 
     def close(self) -> None: ...
 
@@ -164,6 +216,25 @@ class KafkaConsumer:
 
     def assignment(self) -> list[Partition]:
         return [Partition(tp.topic, tp.partition) for tp in self._consumer.assignment()]
+
+    def lag(self) -> dict[Partition, int]:
+        assigned = self._consumer.assignment()
+        found = {}
+        for position in self._consumer.position(assigned):
+            # cached: the fetch's high watermark (Tansu's ListOffsets answer is wrong)
+            _, high = self._consumer.get_watermark_offsets(position, cached=True)
+            if high >= 0 and position.offset >= 0:
+                found[Partition(position.topic, position.partition)] = max(
+                    0, high - position.offset
+                )
+        return found
+
+    def reachable(self, timeout: float) -> str | None:
+        try:
+            self._consumer.list_topics(timeout=timeout)
+        except KafkaException as exc:
+            return str(exc.args[0].str() if exc.args else exc)
+        return None
 
     def group_metadata(self) -> object:
         return self._consumer.consumer_group_metadata()

@@ -60,7 +60,8 @@ class PartitionLedger:
 
     def ack(self, offset: int) -> None:
         slot = self.by_offset.get(offset)
-        if slot is None:
+        if slot is None or not slot.sent:
+            # a late delivery report from before a revocation, for an offset consumed again
             return
         slot.acked = True
         while self.slots and self.slots[0].acked:

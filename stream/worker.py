@@ -30,6 +30,7 @@ __all__ = ["Worker", "WorkerError"]
 
 _log = structlog.get_logger("headrace.worker")
 _IDLE_POLL_S = 0.1
+_OBSERVE_EVERY_S = 5.0
 
 
 class WorkerError(RuntimeError):
@@ -72,6 +73,7 @@ class Worker:
         self._output_partitions = -1
         self._max_request_bytes = max_request_bytes
         self._reload_requested = False
+        self._observed_at = -_OBSERVE_EVERY_S
         consumer.subscribe([settings.kafka.input_topic], self.on_assign, self.on_revoke)
 
     def run(self) -> None:
@@ -103,8 +105,7 @@ class Worker:
         self._publish()
         self._apply_backpressure()
         self._commit(self._clock())
-        self._metrics.inflight(self._ledger.pending_rows)
-        self._health.beat()
+        self._observe(self._clock())
         if self._failure is not None:
             raise self._failure
 
@@ -250,6 +251,7 @@ class Worker:
         ``metrics`` and ``replicas`` need a restart and are not applied.
         """
         self._reload_requested = False
+        self._observed_at = -_OBSERVE_EVERY_S
         source = self.settings.source
         try:
             if source is None:
@@ -311,6 +313,17 @@ class Worker:
             raise WorkerError(
                 f"transaction aborted: {exc}; restart to resume from the last committed offsets"
             ) from exc
+
+    def _observe(self, now: float) -> None:
+        """Heartbeat every iteration; lag and broker reachability every few seconds."""
+        self._health.beat()
+        self._metrics.inflight(self._ledger.pending_rows)
+        if now - self._observed_at < _OBSERVE_EVERY_S:
+            return
+        self._observed_at = now
+        self._health.broker_error = self._consumer.reachable(timeout=2.0)
+        for partition, messages in self._consumer.lag().items():
+            self._metrics.lag(partition.index, messages)
 
     def _log_batch(self, batch: Batch, outcomes: list[Outcome], seconds: float) -> None:
         dead = sum(isinstance(outcome, DeadLetter) for outcome in outcomes)
