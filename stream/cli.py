@@ -72,6 +72,30 @@ def _parser() -> argparse.ArgumentParser:
     broker.add_argument("--port", type=_positive, default=19092)
     broker.set_defaults(command=_broker)
 
+    infer = commands.add_parser("infer", help="send the request in a file and print its result")
+    infer.add_argument("config", type=Path)
+    infer.add_argument("--file", type=Path, required=True, help=".arrow, .json or .df.json")
+    infer.add_argument("--format", choices=("pandas-records", "arrow", "custom-json"))
+    infer.add_argument("--dataset", action="append", help="columns or groups (comma-separated)")
+    infer.add_argument("--dataset-exclude", action="append", help="columns or groups to drop")
+    infer.add_argument("--out", type=Path, help="write the result to a .arrow or .json file")
+    infer.add_argument("--timeout", type=float, default=15.0, help="seconds (default 15)")
+    infer.set_defaults(command=_infer)
+
+    batch = commands.add_parser("batch", help="run a file's rows through in batched requests")
+    batch.add_argument("config", type=Path)
+    batch.add_argument("--file", type=Path, required=True, help=".arrow, .json or .df.json")
+    batch.add_argument("--batch-size", type=_positive, default=50, help="rows per request")
+    batch.add_argument("--executors", type=_positive, default=4, help="requests in flight")
+    batch.add_argument("--out", type=Path, help="write the rows to a .arrow or .json file")
+    batch.add_argument("--timeout", type=float, default=15.0, help="seconds per request")
+    batch.add_argument("--fail-fast", action="store_true", help="stop at the first failure")
+    batch.set_defaults(command=_batch)
+
+    from stream.dlq import add_commands as add_dlq_commands
+
+    add_dlq_commands(commands)
+
     demo = commands.add_parser("demo", help="the main job: sample requests through the pipelines")
     demo.add_argument("config", type=Path, nargs="?", default=None)
     demo.set_defaults(command=_demo)
@@ -183,6 +207,64 @@ def _schema_line(schema: object, prefix: str = "") -> str:
     if not fields:
         return "any columns"
     return ", ".join(f"{prefix}{field.name}: {field.type}" for field in fields)
+
+
+def _infer(args: argparse.Namespace) -> int:
+    import stream
+    from stream.files import check_output_path, render_result, write_result
+
+    try:
+        out = None if args.out is None else check_output_path(args.out)
+        with stream.connect(args.config) as client:
+            result = client.infer_from_file(
+                args.file,
+                data_format=args.format,
+                timeout=args.timeout,
+                dataset=_names(args.dataset),
+                dataset_exclude=_names(args.dataset_exclude),
+            )
+    except (ValueError, TypeError) as exc:
+        print(f"headrace infer: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(render_result(result))
+    if out is not None:
+        print(f"wrote {write_result(result, out)}")
+    return EXIT_OK
+
+
+def _batch(args: argparse.Namespace) -> int:
+    import stream
+    from stream.files import check_output_path, read_table_file, render_result, write_result
+
+    try:
+        out = None if args.out is None else check_output_path(args.out)
+        table = read_table_file(args.file)
+        with stream.BatchInferenceClient(args.config) as batch:
+            result = batch.run(
+                table,
+                batch_size=args.batch_size,
+                executors=args.executors,
+                timeout=args.timeout,
+                fail_fast=args.fail_fast,
+            )
+    except (ValueError, TypeError) as exc:
+        print(f"headrace batch: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(render_result(result))
+    errors = result.column("error") if "error" in result.column_names else None
+    failed = 0 if errors is None else len(errors) - errors.null_count
+    requests = -(-table.num_rows // args.batch_size)
+    print(f"{result.num_rows} rows in {requests} requests, {failed} rows failed")
+    if out is not None:
+        print(f"wrote {write_result(result, out)}")
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+def _names(values: list[str] | None) -> list[str] | None:
+    """Repeated and comma-separated ``--dataset`` values as one list."""
+    if values is None:
+        return None
+    return [name.strip() for value in values for name in value.split(",") if name.strip()]
 
 
 def _demo(args: argparse.Namespace) -> int:
