@@ -186,8 +186,18 @@ class KafkaConsumer:
         )
 
     def consume(self, max_messages: int, timeout: float) -> list[Envelope]:
+        # A batch consume waits its whole timeout unless max_messages arrive: wait for the
+        # first message only, then take what is already fetched without waiting.
+        first = self._consumer.poll(timeout)
+        if first is None:
+            return []
+        rest = (
+            self._consumer.consume(num_messages=max_messages - 1, timeout=0)
+            if max_messages > 1
+            else []
+        )
         envelopes = []
-        for message in self._consumer.consume(num_messages=max_messages, timeout=timeout):
+        for message in [first, *rest]:
             error = message.error()
             if error is not None:
                 if error.code() == KafkaError._PARTITION_EOF:
