@@ -88,9 +88,15 @@ def write_config(
 class WorkerProcess:
     """One `headrace run` subprocess in its own process group, logging to a file."""
 
-    def __init__(self, config: Path, log_path: Path, *extra_args: str) -> None:
+    def __init__(
+        self,
+        config: Path,
+        log_path: Path,
+        *extra_args: str,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.log_path = log_path
-        env = dict(os.environ, HEADRACE_METRICS__PORT="0", PYTHONUNBUFFERED="1")
+        env = {**os.environ, "HEADRACE_METRICS__PORT": "0", "PYTHONUNBUFFERED": "1", **(env or {})}
         env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
@@ -153,10 +159,16 @@ class Fleet:
         self.workers: list[WorkerProcess] = []
         self._closers: list[Callable[[], None]] = []
 
-    def start(self, config: Path, *extra_args: str, ready: bool = True) -> WorkerProcess:
+    def start(
+        self,
+        config: Path,
+        *extra_args: str,
+        ready: bool = True,
+        env: Mapping[str, str] | None = None,
+    ) -> WorkerProcess:
         """Start `headrace run CONFIG`; with ``ready`` wait until it has partitions."""
         log_path = self.directory / f"worker-{len(self.workers)}.log"
-        worker = WorkerProcess(config, log_path, *extra_args)
+        worker = WorkerProcess(config, log_path, *extra_args, env=env)
         self.workers.append(worker)
         if ready:
             assert worker.wait_for_log("partitions assigned", timeout=30), (
