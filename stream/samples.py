@@ -1,0 +1,139 @@
+"""The demo's sample requests: the files in ``data/`` in every request format, plus bad ones.
+
+A pipeline gets the samples of its input: ccfraud-style (a ``tensor`` of 29 floats), digits-style
+(an 8x8 ``image``) or custom JSON (the forecast example). Each sample names itself in
+``x-request-id`` (and its key), so results and dead letters can be told apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import pyarrow as pa
+
+from pipelines import Pipeline
+from pipelines.config import Settings
+from pipelines.errors import ConfigError
+from pipelines.formats import CONTENT_TYPES, Format, encode_request
+from stream.types import Headers
+
+__all__ = ["DATA_DIR", "Sample", "samples_for"]
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+_STREAM_REQUESTS = 10  # the Arrow file's rows, sent again as this many Arrow stream requests
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One request to send: its id (also the key), bytes, content type and expected rows."""
+
+    request_id: str
+    value: bytes
+    content_type: str | None
+    rows: int
+    malformed: bool = False
+
+    @property
+    def key(self) -> bytes:
+        return self.request_id.encode()
+
+    @property
+    def headers(self) -> Headers:
+        given = (("x-request-id", self.key),)
+        if self.content_type is None:
+            return given
+        return (*given, ("content-type", self.content_type.encode()))
+
+    @property
+    def format(self) -> str:
+        """How the request is encoded, for the report: a format name or ``sniffed``."""
+        for fmt, content_type in CONTENT_TYPES.items():
+            if content_type == self.content_type:
+                return str(fmt)
+        return "sniffed"
+
+
+def samples_for(settings: Settings, data_dir: Path = DATA_DIR) -> list[Sample]:
+    """The sample requests for the pipeline of ``settings``; the first one is the warm-up."""
+    kind = _input_kind(settings)
+    if kind == "custom":
+        return _forecast_samples(data_dir)
+    if kind == "image":
+        return _digits_samples(data_dir)
+    return _ccfraud_samples(data_dir)
+
+
+def _input_kind(settings: Settings) -> str:
+    first = settings.pipeline.steps[0]
+    if first.python is not None and first.python.accepts == "custom-json":
+        return "custom"
+    if settings.pipeline.name in {"ccfraud", "heavy", "digits"}:
+        return "image" if settings.pipeline.name == "digits" else "tensor"
+    schema = Pipeline(settings).input_schema
+    names = set() if schema is None else set(schema.names)
+    for kind in ("tensor", "image"):
+        if kind in names:
+            return kind
+    raise ConfigError(
+        f"{settings.source}: the demo has no sample requests for pipeline "
+        f"'{settings.pipeline.name}' (input columns {sorted(names)}); it sends a 'tensor' of "
+        "29 floats, an 8x8 'image' or custom JSON. Try `headrace infer CONFIG --file F` instead."
+    )
+
+
+def _ccfraud_samples(data: Path) -> list[Sample]:
+    arrow_file = (data / "ccfraud_1k.arrow").read_bytes()
+    table = pa.ipc.open_file(pa.py_buffer(arrow_file)).read_all()
+    step = table.num_rows // _STREAM_REQUESTS
+    streams = [
+        _sample(
+            f"arrow-stream-{index + 1:02d}", table.slice(index * step, step), Format.ARROW_STREAM
+        )
+        for index in range(_STREAM_REQUESTS)
+    ]
+    json_type = CONTENT_TYPES[Format.PANDAS_RECORDS]
+    short = orjson.dumps([{"tensor": [0.5] * 28}])
+    return [
+        Sample("smoke-test", (data / "smoke_test.df.json").read_bytes(), json_type, 1),
+        Sample("arrow-file-1k", arrow_file, CONTENT_TYPES[Format.ARROW_FILE], table.num_rows),
+        *streams,
+        Sample("high-fraud", (data / "high_fraud.df.json").read_bytes(), json_type, 1),
+        _sample("oip-3-rows", table.slice(0, 3), Format.OIP),
+        Sample("garbage-bytes", b"\x00\x9f garbage, not a request \xfe", None, 0, malformed=True),
+        Sample("tensor-28-floats", short, json_type, 0, malformed=True),
+        Sample("wrong-shape-json", b'{"tensor": "29 floats"}', json_type, 0, malformed=True),
+    ]
+
+
+def _digits_samples(data: Path) -> list[Sample]:
+    arrow_file = (data / "digits_100.arrow").read_bytes()
+    table = pa.ipc.open_file(pa.py_buffer(arrow_file)).read_all()
+    quarter = table.num_rows // 4
+    streams = [
+        _sample(
+            f"arrow-stream-{index + 1}", table.slice(index * quarter, quarter), Format.ARROW_STREAM
+        )
+        for index in range(4)
+    ]
+    flat = orjson.dumps([{"image": [0.0] * 64}])
+    json_type = CONTENT_TYPES[Format.PANDAS_RECORDS]
+    return [
+        Sample("arrow-file-100", arrow_file, CONTENT_TYPES[Format.ARROW_FILE], table.num_rows),
+        *streams,
+        Sample("flat-image-64", flat, json_type, 0, malformed=True),
+    ]
+
+
+def _forecast_samples(data: Path) -> list[Sample]:
+    custom = CONTENT_TYPES[Format.CUSTOM]
+    return [
+        Sample("forecast-4-weeks", (data / "forecast.json").read_bytes(), custom, 1),
+        Sample("three-days-only", b'{"count": [185, 195, 203]}', custom, 0, malformed=True),
+    ]
+
+
+def _sample(request_id: str, table: pa.Table, fmt: Format) -> Sample:
+    value = encode_request(table, fmt, oip_id=request_id if fmt is Format.OIP else None)
+    return Sample(request_id, value, CONTENT_TYPES[fmt], table.num_rows)
