@@ -5,7 +5,6 @@ key and headers) with the worker's librdkafka settings, then flushes and exits: 
 Kafka path costs without decoding, models or encoding.
 """
 
-
 from __future__ import annotations
 
 import sys

@@ -6,7 +6,6 @@ becomes Stable to the last result's CreateTime (stamped by the worker's producer
 after the run so that the benchmark takes no CPU from the worker meanwhile.
 """
 
-
 from __future__ import annotations
 
 import time

@@ -1,6 +1,5 @@
 """The bare-onnxruntime reference: ``InferenceSession.run`` on the worker's batches, in a loop."""
 
-
 from __future__ import annotations
 
 import time
