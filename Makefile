@@ -28,13 +28,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: models/heavy.onnx $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
 integration: $(STAMP)
 	$(BIN)/pytest -q tests/integration
 
-test: lint typecheck $(STAMP)
+test: lint typecheck models/heavy.onnx $(STAMP)
 	$(BIN)/pytest -q tests
 
 bench: $(STAMP) models/heavy.onnx

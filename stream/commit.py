@@ -15,6 +15,7 @@ from stream.types import Partition
 __all__ = ["AckCommitter", "Committer", "TransactionAborted", "TransactionalCommitter"]
 
 _log = structlog.get_logger("headrace.commit")
+_TOLERANCE_S = 1e-9  # clock sums like 0.605 - 0.405 fall a hair short of 0.2
 
 
 class TransactionAborted(Exception):  # noqa: N818 - a signal, not a failure of the worker
@@ -45,7 +46,7 @@ class AckCommitter:
         return None
 
     def maybe_commit(self, now: float) -> None:
-        if now - self._last_commit >= self._interval_s:
+        if now - self._last_commit >= self._interval_s - _TOLERANCE_S:
             self._last_commit = now
             self._commit(asynchronous=True)
 
@@ -97,7 +98,10 @@ class TransactionalCommitter:
             self._open_since = self._clock()
 
     def maybe_commit(self, now: float) -> None:
-        if self._open_since is not None and now - self._open_since >= self._interval_s:
+        if (
+            self._open_since is not None
+            and now - self._open_since >= self._interval_s - _TOLERANCE_S
+        ):
             self.commit_now()
 
     def commit_now(self, partitions: list[Partition] | None = None) -> None:

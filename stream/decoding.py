@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Hashable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -70,24 +70,23 @@ class Decoder:
         self._max_bytes = max_request_bytes
 
     def __call__(self, envelope: Envelope) -> Decoded | DeadLetter:
-        started = time.perf_counter_ns()
         try:
-            decoded = self._decode(envelope)
+            return self._decode(envelope, time.perf_counter_ns())
         except PipelineError as exc:
             return DeadLetter(envelope, exc)
-        return replace(decoded, decode_ns=time.perf_counter_ns() - started)
 
-    def _decode(self, envelope: Envelope) -> Decoded:
+    def _decode(self, envelope: Envelope, started: int) -> Decoded:
         size = len(envelope.value)
         if size > self._max_bytes:
             raise TooLarge(
                 f"request of {size} bytes is over the limit of {self._max_bytes} bytes "
                 "(kafka.max_message_bytes)"
             )
-        content_type = envelope.header_text(headers.CONTENT_TYPE)
+        found = envelope.header_map() if envelope.headers else {}
+        content_type = _text(found.get(headers.CONTENT_TYPE))
         fmt = formats.format_for_content_type(content_type)
-        parameters = _parameters(envelope)
-        selection = self._selection(envelope)
+        parameters = _parameters(envelope) if any(k.startswith(_PREFIX) for k in found) else ()
+        selection = self._selection(found) if found else self._default
         if self._custom:
             if fmt not in (None, Format.CUSTOM, Format.PANDAS_RECORDS):
                 raise DecodeError(
@@ -100,7 +99,13 @@ class Decoder:
                     f"got {formats.CONTENT_TYPES[request.format]}"
                 )
             return Decoded(
-                envelope, Format.CUSTOM, 1, selection, value=request.value, parameters=parameters
+                envelope,
+                Format.CUSTOM,
+                1,
+                selection,
+                value=request.value,
+                parameters=parameters,
+                decode_ns=time.perf_counter_ns() - started,
             )
         if fmt is Format.CUSTOM:
             raise DecodeError(
@@ -116,6 +121,7 @@ class Decoder:
                 selection,
                 records=records,
                 parameters=parameters,
+                decode_ns=time.perf_counter_ns() - started,
             )
         request = formats.decode(envelope.value, content_type)
         assert request.table is not None
@@ -130,12 +136,13 @@ class Decoder:
             table=table,
             oip_id=request.oip_id,
             parameters=parameters,
+            decode_ns=time.perf_counter_ns() - started,
         )
 
-    def _selection(self, envelope: Envelope) -> Selection:
-        dataset = envelope.header_text(headers.DATASET)
-        exclude = envelope.header_text(headers.DATASET_EXCLUDE)
-        separator = envelope.header_text(headers.DATASET_SEPARATOR)
+    def _selection(self, found: dict[str, bytes]) -> Selection:
+        dataset = _text(found.get(headers.DATASET))
+        exclude = _text(found.get(headers.DATASET_EXCLUDE))
+        separator = _text(found.get(headers.DATASET_SEPARATOR))
         if dataset is None and exclude is None and separator is None:
             return self._default
         return Selection(
@@ -153,13 +160,19 @@ def _is_records(payload: bytes) -> bool:
     return head.startswith(b"{") and b'"inputs"' not in payload
 
 
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("utf-8", errors="replace")
+
+
+_PREFIX = headers.PARAM_PREFIX
+
+
 def _parameters(envelope: Envelope) -> Parameters:
-    prefix = headers.PARAM_PREFIX
     return tuple(
         sorted(
-            (key[len(prefix) :], value.decode("utf-8", errors="replace"))
+            (key[len(_PREFIX) :], value.decode("utf-8", errors="replace"))
             for key, value in envelope.headers
-            if key.lower().startswith(prefix)
+            if key.lower().startswith(_PREFIX)
         )
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 
 from pipelines.errors import PipelineError
@@ -45,8 +46,13 @@ _REPLACED_ON_RESULT = _CONSUMED | set(_RESULT_HEADERS)
 MAX_MESSAGE_HEADER = 4096
 
 
+_encoded = functools.lru_cache(maxsize=4096)(str.encode)  # topics, versions, partitions
+
+
 def passthrough(envelope: Envelope) -> Headers:
     """The request's headers that a result carries on unchanged."""
+    if not envelope.headers:
+        return ()
     return tuple(
         (key, value)
         for key, value in envelope.headers
@@ -61,11 +67,11 @@ def result_headers(
     partition = envelope.partition
     return (
         (REQUEST_ID, envelope.request_id.encode()),
-        (CONTENT_TYPE, content_type.encode()),
-        ("x-pipeline", pipeline.encode()),
-        ("x-pipeline-version", version.encode()),
-        ("x-source-topic", partition.topic.encode()),
-        ("x-source-partition", str(partition.index).encode()),
+        (CONTENT_TYPE, _encoded(content_type)),
+        ("x-pipeline", _encoded(pipeline)),
+        ("x-pipeline-version", _encoded(version)),
+        ("x-source-topic", _encoded(partition.topic)),
+        ("x-source-partition", _encoded(str(partition.index))),
         ("x-source-offset", str(envelope.offset).encode()),
         *passthrough(envelope),
     )

@@ -6,6 +6,7 @@ Everything librdkafka needs is built here, once: the settings tree becomes dotte
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -290,16 +291,13 @@ class KafkaProducer:
         partition: int | None,
         on_delivery: DeliveryCallback,
     ) -> None:
-        def delivered(error: KafkaError | None, message: object) -> None:
-            del message
-            on_delivery(None if error is None else f"{error.name()}: {error.str()}")
-
-        options: dict[str, Any] = {"key": key, "headers": list(headers), "on_delivery": delivered}
-        if partition is not None:
-            options["partition"] = partition
+        delivered = functools.partial(_report, on_delivery)
+        target = _ANY_PARTITION if partition is None else partition
         while True:
             try:
-                self._producer.produce(topic, value, **options)
+                self._producer.produce(
+                    topic, value, key, target, on_delivery=delivered, headers=list(headers)
+                )
                 return
             except BufferError:
                 self._producer.poll(0.05)  # local queue full: let deliveries drain
@@ -332,14 +330,16 @@ def _envelope(message: confluent_kafka.Message) -> Envelope:
     """A consumed message as an :class:`Envelope` (the message had no error)."""
     topic, index, offset = message.topic(), message.partition(), message.offset()
     assert topic is not None and index is not None and offset is not None
-    raw = message.headers() or ()
-    pairs = raw.items() if isinstance(raw, dict) else raw
-    headers = tuple(
-        (name, value.encode() if isinstance(value, str) else (value or b""))
-        for name, value in pairs
-    )
+    raw = message.headers()
+    headers: Headers = ()
+    if raw:
+        pairs = raw.items() if isinstance(raw, dict) else raw
+        headers = tuple(
+            (name, value.encode() if isinstance(value, str) else (value or b""))
+            for name, value in pairs
+        )
     return Envelope(
-        partition=Partition(topic, index),
+        partition=_partition(topic, index),
         offset=offset,
         key=message.key(),
         value=message.value() or b"",
@@ -348,8 +348,21 @@ def _envelope(message: confluent_kafka.Message) -> Envelope:
     )
 
 
+@functools.lru_cache(maxsize=4096)
+def _partition(topic: str, index: int) -> Partition:
+    return Partition(topic, index)
+
+
 def _ignore(partitions: list[Partition]) -> None:
     del partitions
+
+
+_ANY_PARTITION = -1  # librdkafka's RD_KAFKA_PARTITION_UA: the partitioner picks (by key)
+
+
+def _report(on_delivery: DeliveryCallback, error: KafkaError | None, message: object) -> None:
+    del message
+    on_delivery(None if error is None else f"{error.name()}: {error.str()}")
 
 
 def _topic_partitions(offsets: Mapping[Partition, int]) -> list[TopicPartition]:

@@ -74,6 +74,8 @@ class Worker:
         self._max_request_bytes = max_request_bytes
         self._reload_requested = False
         self._observed_at = -_OBSERVE_EVERY_S
+        self._rows_per_message = 1.0  # recent averages, to size each consume to the caps
+        self._bytes_per_message = 1.0
         consumer.subscribe([settings.kafka.input_topic], self.on_assign, self.on_revoke)
 
     def run(self) -> None:
@@ -143,7 +145,8 @@ class Worker:
 
     def _consume(self) -> None:
         timeout = self._batcher.max_wait_s if self._batcher.rows else _IDLE_POLL_S
-        envelopes = self._consumer.consume(self.settings.batching.max_rows, timeout)
+        envelopes = self._consumer.consume(self._room(), timeout)
+        rows_before = self._ledger.pending_rows
         for envelope in envelopes:
             decoded = self._decoder(envelope)
             self._ledger.reserve(envelope, decoded.rows if isinstance(decoded, Decoded) else 0)
@@ -151,6 +154,21 @@ class Worker:
                 self._ledger.resolve(decoded)
             else:
                 self._serve(self._batcher.add(decoded))
+        if envelopes:
+            rows = max(1, self._ledger.pending_rows - rows_before)
+            self._rows_per_message = rows / len(envelopes)
+            self._bytes_per_message = sum(len(e.value) for e in envelopes) / len(envelopes)
+
+    def _room(self) -> int:
+        """How many messages to take now: what the in-flight caps leave room for (>= 1)."""
+        batching = self.settings.batching
+        free_rows = batching.max_inflight_rows - self._ledger.pending_rows
+        free_bytes = batching.max_inflight_bytes - self._ledger.pending_bytes
+        room = min(
+            free_rows / max(1.0, self._rows_per_message),
+            free_bytes / max(1.0, self._bytes_per_message),
+        )
+        return max(1, min(batching.max_rows, int(room)))
 
     def _serve(self, batches: Sequence[Batch]) -> None:
         for batch in batches:
@@ -159,6 +177,7 @@ class Worker:
             for outcome in outcomes:
                 self._ledger.resolve(outcome)
             self._log_batch(batch, outcomes, time.perf_counter() - started)
+            self._publish()  # results leave as soon as their batch is served
 
     def _publish(self) -> None:
         for outcome in self._ledger.ready():

@@ -216,15 +216,16 @@ def test_a_failed_result_becomes_an_output_error_committed_once_acknowledged(
     rig.send(records(tensor(1)))
     rig.send(records(tensor(2)))
     rig.producer.fail_next(1, "MSG_SIZE_TOO_LARGE: Broker: Message size too large")
+    rig.producer.hold()
     rig.step()
     rig.step(WAIT)
-    assert _offsets(rig.results(0)) == [1, 2]
-    rig.producer.hold()
     rig.step(INTERVAL)
-    assert rig.dead_letters() == []
-    assert rig.committed() == {}
+    assert rig.committed() == {}  # nothing is acknowledged yet
     rig.producer.release()
+    rig.step(INTERVAL)  # the refusal is reported: offset 0 becomes a dead letter
+    assert rig.committed() == {}  # ... which is not acknowledged yet
     rig.step(INTERVAL)
+    assert _offsets(rig.results(0)) == [1, 2]
     (dead,) = rig.dead_letters()
     assert dead.value == first.value
     assert header(dead.headers, "x-error-type") == "output_error"
