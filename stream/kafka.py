@@ -24,6 +24,7 @@ __all__ = [
     "Producer",
     "RebalanceCallback",
     "consumer_config",
+    "envelope_of",
     "producer_config",
 ]
 
@@ -206,7 +207,7 @@ class KafkaConsumer:
                 if error.fatal():
                     raise KafkaException(error)
                 continue  # transient: librdkafka retries by itself
-            envelopes.append(_envelope(message))
+            envelopes.append(envelope_of(message))
         return envelopes
 
     def commit(self, offsets: Mapping[Partition, int], *, asynchronous: bool) -> None:
@@ -326,7 +327,7 @@ class KafkaProducer:
         return self._partitions[topic]
 
 
-def _envelope(message: confluent_kafka.Message) -> Envelope:
+def envelope_of(message: confluent_kafka.Message) -> Envelope:
     """A consumed message as an :class:`Envelope` (the message had no error)."""
     topic, index, offset = message.topic(), message.partition(), message.offset()
     assert topic is not None and index is not None and offset is not None

@@ -10,6 +10,7 @@ import contextlib
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from confluent_kafka.admin import AdminClient
@@ -18,6 +19,7 @@ from stream.broker import EmbeddedBroker, free_port
 from stream.topics import ensure_topics
 
 from .support import Topics
+from .workers import Fleet
 
 
 @pytest.fixture(scope="session")
@@ -61,3 +63,14 @@ def new_topics(bootstrap: str) -> Iterator[Callable[..., Topics]]:
 def topic_names(new_topics: Callable[..., Topics]) -> Topics:
     """This test's single-partition topics and group id."""
     return new_topics()
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, new_topics: Callable[..., Topics]) -> Iterator[Fleet]:
+    """This test's workers, producers and readers, all ended at teardown."""
+    del new_topics  # set up first so that it is torn down after the workers are killed
+    fleet = Fleet(tmp_path)
+    try:
+        yield fleet
+    finally:
+        fleet.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -33,17 +33,6 @@ pytestmark = pytest.mark.integration
 
 Headers = list[tuple[str, bytes]]
 OWN: Headers = [("trace", b"t-1"), ("x-request-id", b"req-1"), ("trace", b"\x00\xff")]
-
-
-@pytest.fixture
-def fleet(tmp_path: Path, new_topics: Callable[..., Topics]) -> Iterator[Fleet]:
-    """This test's workers and readers, ended at teardown."""
-    del new_topics  # set up first so that it is torn down after the workers are killed
-    fleet = Fleet(tmp_path)
-    try:
-        yield fleet
-    finally:
-        fleet.close()
 
 
 def _dlq(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -31,17 +31,6 @@ from .workers import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def fleet(tmp_path: Path, new_topics: Callable[..., Topics]) -> Iterator[Fleet]:
-    """This test's workers, producers and readers, all ended at teardown."""
-    del new_topics  # set up first so that it is torn down after the workers are killed
-    fleet = Fleet(tmp_path)
-    try:
-        yield fleet
-    finally:
-        fleet.close()
 
 
 def _json_requests(ids: Ids, count: int, rows: int) -> list[Request]:

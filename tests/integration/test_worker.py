@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -32,17 +32,6 @@ from .workers import (
 pytestmark = pytest.mark.integration
 
 RESULT_COLUMNS = ["time", "in.tensor", "in.id", "out.dense_1", "check_failures", "anomaly.fraud"]
-
-
-@pytest.fixture
-def fleet(tmp_path: Path, new_topics: Callable[..., Topics]) -> Iterator[Fleet]:
-    """This test's workers, producers and readers, all ended at teardown."""
-    del new_topics  # set up first so that it is torn down after the workers are killed
-    fleet = Fleet(tmp_path)
-    try:
-        yield fleet
-    finally:
-        fleet.close()
 
 
 def _mixed_requests(ids: Ids) -> tuple[list[Request], list[tuple[Format, pa.Table]]]:

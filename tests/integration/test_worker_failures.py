@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import textwrap
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -56,17 +56,6 @@ FAULTY = textwrap.dedent(
         return table.select(["dense_1"])
     """
 )
-
-
-@pytest.fixture
-def fleet(tmp_path: Path, new_topics: Callable[..., Topics]) -> Iterator[Fleet]:
-    """This test's workers, producers and readers, all ended at teardown."""
-    del new_topics  # set up first so that it is torn down after the workers are killed
-    fleet = Fleet(tmp_path)
-    try:
-        yield fleet
-    finally:
-        fleet.close()
 
 
 def _assert_dead_letter(record: Record, sent: Sent, topics: Topics, error_type: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -28,17 +28,6 @@ from .workers import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def fleet(tmp_path: Path, new_topics: Callable[..., Topics]) -> Iterator[Fleet]:
-    """This test's workers, producers and readers, all ended at teardown."""
-    del new_topics  # set up first so that it is torn down after the workers are killed
-    fleet = Fleet(tmp_path)
-    try:
-        yield fleet
-    finally:
-        fleet.close()
 
 
 def _single_rows(count: int) -> list[Request]:

@@ -1,0 +1,157 @@
+"""What ``dlq replay`` and ``dlq show`` share: the error types, reading the dead-letter topic.
+
+Reading stops at the end offsets seen in the first fetch (the fetch's high watermark: Tansu's
+ListOffsets answer is wrong, see docs/tansu.md), or after ``_IDLE_S`` without records.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import confluent_kafka
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from pipelines.config import KafkaSettings
+from stream.broker import EMBEDDED, EMBEDDED_ADDRESS
+from stream.kafka import consumer_config, envelope_of
+from stream.topics import TopicError, topic_partitions
+from stream.types import Envelope
+
+__all__ = [
+    "ERROR_TYPES",
+    "TIMEOUT_S",
+    "DlqError",
+    "broker_address",
+    "error_reason",
+    "error_type_of",
+    "failed_at",
+    "open_consumer",
+    "partition_count",
+    "read_letters",
+    "text_of",
+]
+
+ERROR_TYPES = (
+    "decode_error",
+    "schema_error",
+    "step_error",
+    "step_timeout",
+    "output_error",
+    "too_large",
+)
+TIMEOUT_S = 10.0  # each broker round trip (metadata, offsets, commit)
+_IDLE_S = 2.0  # stop reading when nothing came for this long
+_READ_ERRORS = frozenset(
+    {
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.GROUP_AUTHORIZATION_FAILED,
+    }
+)
+
+
+class DlqError(RuntimeError):
+    """Reading, replaying or committing failed; the message says what and where."""
+
+
+def failed_at(letter: Envelope) -> datetime:
+    """When the request failed: ``x-failed-at``, else the dead letter's record timestamp."""
+    text = letter.header_text("x-failed-at")
+    if text:
+        try:
+            when = datetime.fromisoformat(text)
+            return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+        except ValueError:
+            pass
+    return datetime.fromtimestamp(letter.timestamp_ms / 1000, tz=UTC)
+
+
+def error_type_of(letter: Envelope) -> str:
+    """The dead letter's ``x-error-type``, or ``unknown``."""
+    return letter.header_text("x-error-type") or "unknown"
+
+
+def text_of(key: bytes | None) -> str:
+    """Bytes for a table or a message: ``-`` for none, undecodable bytes escaped."""
+    return "-" if key is None else key.decode("utf-8", errors="backslashreplace")
+
+
+# ---------------------------------------------------------------- reading
+
+
+def broker_address(kafka: KafkaSettings) -> str:
+    """The broker address; ``embedded`` is the running embedded broker (never started here:
+    a fresh one holds no dead letters)."""
+    given = kafka.bootstrap_servers.strip()
+    return EMBEDDED_ADDRESS if given.lower() == EMBEDDED else given
+
+
+def partition_count(kafka: KafkaSettings, bootstrap: str, key: str, timeout: float) -> int:
+    """Partitions of the topic at ``kafka.<key>``; a missing topic is an error naming it."""
+    topic = getattr(kafka, key)
+    try:
+        return topic_partitions(
+            bootstrap, topic, properties=kafka.librdkafka_properties(), timeout=timeout
+        )
+    except TopicError:
+        raise DlqError(
+            f"topic {topic!r} (kafka.{key}) does not exist on {bootstrap}; "
+            "check the config, or create it with `headrace topics CONFIG`"
+        ) from None
+
+
+def open_consumer(kafka: KafkaSettings, bootstrap: str, group: str) -> confluent_kafka.Consumer:
+    """A consumer in ``group`` that never commits by itself."""
+    overrides: dict[str, str | int | float | bool] = {
+        "group.id": group,
+        "enable.auto.commit": False,  # commits are ours, after acknowledgements, or none
+        "log_level": 3,
+    }
+    return confluent_kafka.Consumer(consumer_config(kafka, bootstrap, **overrides))
+
+
+def read_letters(
+    consumer: confluent_kafka.Consumer, topic: str, starts: dict[int, int], timeout: float
+) -> Iterator[list[Envelope]]:
+    """Batches of dead letters from ``starts`` up to the end offsets of the first fetch; or
+    until nothing came for ``_IDLE_S`` (``timeout`` before every partition's first fetch)."""
+    consumer.assign([TopicPartition(topic, index, offset) for index, offset in starts.items()])
+    ends: dict[int, int] = {}
+    position = dict(starts)
+    last = time.monotonic()
+    while not _reached(consumer, topic, position, ends):
+        if time.monotonic() - last > (_IDLE_S if len(ends) == len(position) else timeout):
+            return
+        batch = [envelope_of(message) for message in consumer.consume(500, 0.1) if _ok(message)]
+        for letter in batch:
+            position[letter.partition.index] = letter.offset + 1
+        if batch:
+            last = time.monotonic()
+            yield batch
+
+
+def _reached(
+    consumer: confluent_kafka.Consumer, topic: str, position: dict[int, int], ends: dict[int, int]
+) -> bool:
+    for index in position.keys() - ends.keys():
+        high = consumer.get_watermark_offsets(TopicPartition(topic, index), cached=True)[1]
+        if high >= 0:
+            ends[index] = high
+    return len(ends) == len(position) and all(position[i] >= ends[i] for i in position)
+
+
+def _ok(message: confluent_kafka.Message) -> bool:
+    error = message.error()
+    if error is None:
+        return True
+    if error.fatal() or error.code() in _READ_ERRORS:
+        raise DlqError(f"reading {message.topic()}: {error.str()}")
+    return False  # end of partition, transient errors: librdkafka retries by itself
+
+
+def error_reason(exc: KafkaException) -> str:
+    """The librdkafka reason inside ``exc``."""
+    error = exc.args[0] if exc.args else exc
+    return error.str() if isinstance(error, KafkaError) else str(error)
