@@ -13,7 +13,6 @@ from pipelines.errors import ConfigError, PipelineError
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Self
+from dataclasses import dataclass
 
 from pipelines.errors import PipelineError
 
@@ -54,9 +53,6 @@ class Envelope:
         """``x-request-id``, or ``<topic>:<partition>:<offset>`` when the request sent none."""
         given = self.header_text("x-request-id")
         return given or f"{self.partition.topic}:{self.partition.index}:{self.offset}"
-
-    def replace(self, **changes: object) -> Self:
-        return replace(self, **changes)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True, slots=True)

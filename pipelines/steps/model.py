@@ -16,7 +16,7 @@ from pipelines.frame import Frame, StepContext
 from pipelines.steps.base import Cancel
 from pipelines.tensors import TensorSpec, column_to_tensor, conform_column, tensor_to_column
 
-__all__ = ["ModelStep", "available_providers"]
+__all__ = ["ModelStep"]
 
 _ONNX_TYPES: dict[str, np.dtype[np.generic]] = {
     f"tensor({name})": np.dtype(dtype)
@@ -35,10 +35,6 @@ _ONNX_TYPES: dict[str, np.dtype[np.generic]] = {
         "bool": "bool",
     }.items()
 }
-
-
-def available_providers() -> list[str]:
-    return list(ort.get_available_providers())
 
 
 class ModelStep:
