@@ -5,6 +5,8 @@ pipeline = Pipeline.from_config("configs/ccfraud.yaml")
 result = pipeline.infer(dataframe)
 """
 
+import typing
+
 from pipelines.config import Settings, load_settings
 from pipelines.errors import (
     ConfigError,
@@ -17,7 +19,9 @@ from pipelines.errors import (
     TooLarge,
 )
 from pipelines.frame import StepContext
-from pipelines.pipeline import Pipeline
+
+if typing.TYPE_CHECKING:
+    from pipelines.pipeline import Pipeline
 
 __all__ = [
     "ConfigError",
@@ -33,3 +37,13 @@ __all__ = [
     "TooLarge",
     "load_settings",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # The step chain loads onnxruntime: only code that builds a Pipeline pays for it, so the
+    # client SDK and `headrace --help` can read configs and formats without it.
+    if name == "Pipeline":
+        from pipelines.pipeline import Pipeline  # noqa: PLC0415
+
+        return Pipeline
+    raise AttributeError(f"module 'pipelines' has no attribute {name!r}")

@@ -10,6 +10,13 @@ from stream.types import Envelope, Headers
 
 __all__ = [
     "CONTENT_TYPE",
+    "ERROR_HEADERS",
+    "ERROR_MESSAGE",
+    "ERROR_STEP",
+    "ERROR_TYPE",
+    "ERROR_TYPES",
+    "ORIGINAL_BYTES",
+    "REPLAYED_FROM",
     "REQUEST_ID",
     "dead_letter_headers",
     "passthrough",
@@ -22,10 +29,23 @@ PARAM_PREFIX = "x-param-"
 DATASET = "x-dataset"
 DATASET_EXCLUDE = "x-dataset-exclude"
 DATASET_SEPARATOR = "x-dataset-separator"
+ERROR_TYPE = "x-error-type"
+ERROR_MESSAGE = "x-error-message"
+ERROR_STEP = "x-error-step"
+ORIGINAL_BYTES = "x-original-bytes"  # on a dead letter published without its value
+REPLAYED_FROM = "x-replayed-from"  # on a request that ``headrace dlq replay`` re-published
+ERROR_TYPES = (  # the values of x-error-type (SPEC §5)
+    "decode_error",
+    "schema_error",
+    "step_error",
+    "step_timeout",
+    "output_error",
+    "too_large",
+)
 ERROR_HEADERS = (
-    "x-error-type",
-    "x-error-message",
-    "x-error-step",
+    ERROR_TYPE,
+    ERROR_MESSAGE,
+    ERROR_STEP,
     "x-attempts",
     "x-source-topic",
     "x-source-partition",
@@ -86,9 +106,9 @@ def dead_letter_headers(
     failed_at = datetime.fromtimestamp(failed_at_ms / 1000, tz=UTC)
     return (
         *own,
-        ("x-error-type", error.error_type.encode()),
-        ("x-error-message", _clip(error.message).encode()),
-        ("x-error-step", (error.step or "").encode()),
+        (ERROR_TYPE, error.error_type.encode()),
+        (ERROR_MESSAGE, _clip(error.message).encode()),
+        (ERROR_STEP, (error.step or "").encode()),
         ("x-attempts", str(error.attempts).encode()),
         ("x-source-topic", partition.topic.encode()),
         ("x-source-partition", str(partition.index).encode()),

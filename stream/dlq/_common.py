@@ -14,15 +14,16 @@ import confluent_kafka
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from pipelines.config import KafkaSettings
-from stream.broker import EMBEDDED, EMBEDDED_ADDRESS
-from stream.kafka import consumer_config, envelope_of
-from stream.topics import TopicError, topic_partitions
+from stream import headers
+from stream.errors import DlqError, TopicError
+from stream.kafka.admin import topic_partitions
+from stream.kafka.broker import EMBEDDED, EMBEDDED_ADDRESS
+from stream.kafka.clients import envelope_of
+from stream.kafka.config import dlq_consumer_config
 from stream.types import Envelope
 
 __all__ = [
-    "ERROR_TYPES",
     "TIMEOUT_S",
-    "DlqError",
     "broker_address",
     "error_reason",
     "error_type_of",
@@ -33,14 +34,6 @@ __all__ = [
     "text_of",
 ]
 
-ERROR_TYPES = (
-    "decode_error",
-    "schema_error",
-    "step_error",
-    "step_timeout",
-    "output_error",
-    "too_large",
-)
 TIMEOUT_S = 10.0  # each broker round trip (metadata, offsets, commit)
 _IDLE_S = 2.0  # stop reading when nothing came for this long
 _READ_ERRORS = frozenset(
@@ -50,10 +43,6 @@ _READ_ERRORS = frozenset(
         KafkaError.GROUP_AUTHORIZATION_FAILED,
     }
 )
-
-
-class DlqError(RuntimeError):
-    """Reading, replaying or committing failed; the message says what and where."""
 
 
 def failed_at(letter: Envelope) -> datetime:
@@ -70,7 +59,7 @@ def failed_at(letter: Envelope) -> datetime:
 
 def error_type_of(letter: Envelope) -> str:
     """The dead letter's ``x-error-type``, or ``unknown``."""
-    return letter.header_text("x-error-type") or "unknown"
+    return letter.header_text(headers.ERROR_TYPE) or "unknown"
 
 
 def text_of(key: bytes | None) -> str:
@@ -104,12 +93,7 @@ def partition_count(kafka: KafkaSettings, bootstrap: str, key: str, timeout: flo
 
 def open_consumer(kafka: KafkaSettings, bootstrap: str, group: str) -> confluent_kafka.Consumer:
     """A consumer in ``group`` that never commits by itself."""
-    overrides: dict[str, str | int | float | bool] = {
-        "group.id": group,
-        "enable.auto.commit": False,  # commits are ours, after acknowledgements, or none
-        "log_level": 3,
-    }
-    return confluent_kafka.Consumer(consumer_config(kafka, bootstrap, **overrides))
+    return confluent_kafka.Consumer(dlq_consumer_config(kafka, bootstrap, group))
 
 
 def read_letters(

@@ -24,7 +24,6 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from pipelines.config import Settings
 from stream.dlq._common import (
     TIMEOUT_S,
-    DlqError,
     broker_address,
     error_reason,
     error_type_of,
@@ -33,13 +32,12 @@ from stream.dlq._common import (
     partition_count,
     read_letters,
 )
-from stream.headers import ERROR_HEADERS
-from stream.kafka import producer_config
+from stream.errors import DlqError
+from stream.headers import ERROR_HEADERS, ORIGINAL_BYTES, REPLAYED_FROM
+from stream.kafka.config import dlq_producer_config
 from stream.types import Envelope, Headers
 
 __all__ = [
-    "ORIGINAL_BYTES",
-    "REPLAYED_FROM",
     "ReplayOptions",
     "ReplaySummary",
     "parse_since",
@@ -48,13 +46,10 @@ __all__ = [
     "replay_headers",
 ]
 
-ORIGINAL_BYTES = "x-original-bytes"
-REPLAYED_FROM = "x-replayed-from"
 _DROPPED = frozenset({*ERROR_HEADERS, ORIGINAL_BYTES, REPLAYED_FROM})
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 _FLUSH_S = 60.0  # acknowledgements of one batch of replays (up to 500 records)
-_FRAMING_BYTES = 64 * 1024  # as the worker: headers and framing on top of the value
 _SKIP_TYPE, _SKIP_SINCE = "not a selected --error-type", "failed before --since"
 _SKIP_TOO_LARGE = "too_large, not replayable"
 
@@ -294,10 +289,7 @@ def replay(settings: Settings, options: ReplayOptions, *, timeout: float = 0) ->
     consumer = open_consumer(kafka, bootstrap, group)
     producer = None
     if not options.dry_run:
-        limit = kafka.max_message_bytes + _FRAMING_BYTES
-        producer = confluent_kafka.Producer(
-            producer_config(kafka, bootstrap, **{"message.max.bytes": limit, "log_level": 3})
-        )
+        producer = confluent_kafka.Producer(dlq_producer_config(kafka, bootstrap))
     try:
         topic = kafka.dead_letter_topic
         starts = _start_offsets(consumer, topic, dlq_partitions, options.since, timeout)

@@ -10,9 +10,9 @@ import pyarrow as pa
 from confluent_kafka import KafkaException, TopicPartition
 
 from pipelines.config import Settings
+from stream import headers
 from stream.dlq._common import (
     TIMEOUT_S,
-    DlqError,
     broker_address,
     error_reason,
     error_type_of,
@@ -22,6 +22,7 @@ from stream.dlq._common import (
     read_letters,
     text_of,
 )
+from stream.errors import DlqError
 from stream.types import Envelope
 
 __all__ = ["format_age", "read_dead_letters", "show_table"]
@@ -42,8 +43,8 @@ def show_table(letters: Iterable[Envelope], now: datetime) -> pa.Table:
             "partition": letter.partition.index,
             "offset": letter.offset,
             "error_type": error_type_of(letter),
-            "message": " ".join((letter.header_text("x-error-message") or "").split()),
-            "step": letter.header_text("x-error-step") or "-",
+            "message": " ".join((letter.header_text(headers.ERROR_MESSAGE) or "").split()),
+            "step": letter.header_text(headers.ERROR_STEP) or "-",
             "attempts": letter.header_text("x-attempts") or "-",
             "source": _source(letter),
             "age": format_age((now - failed_at(letter)).total_seconds()),

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from stream.broker import EmbeddedBroker, free_port
-from stream.topics import ensure_topics
+from stream.kafka.admin import ensure_topics
+from stream.kafka.broker import EmbeddedBroker, free_port
 
 from .support import Topics
 from .workers import Fleet

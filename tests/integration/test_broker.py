@@ -16,17 +16,17 @@ import pytest
 from confluent_kafka import TIMESTAMP_CREATE_TIME, Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
-from stream.broker import (
+from stream.errors import BrokerStartError, KafkaUnavailable, TopicError
+from stream.kafka.admin import ensure_topics, topic_partitions
+from stream.kafka.broker import (
     EMBEDDED,
     EMBEDDED_ADDRESS,
     EMBEDDED_HOST,
     EMBEDDED_PORT,
-    BrokerStartError,
     EmbeddedBroker,
     free_port,
     resolve_bootstrap,
 )
-from stream.topics import KafkaUnavailable, TopicError, ensure_topics, topic_partitions
 
 from .support import Topics, consume
 
@@ -104,7 +104,7 @@ def test_resolve_bootstrap_is_race_safe_across_processes() -> None:
     script = textwrap.dedent(
         """
         import sys
-        from stream.broker import resolve_bootstrap
+        from stream.kafka.broker import resolve_bootstrap
         address, broker = resolve_bootstrap("embedded")
         print(address, broker is not None, flush=True)
         sys.stdin.read()

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import os
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -26,7 +25,8 @@ from confluent_kafka.admin import AdminClient
 import stream
 from pipelines import Pipeline, formats
 from pipelines.formats import Format
-from stream.topics import ensure_topics
+from stream.kafka.admin import ensure_topics
+from stream.worker.processes import headrace_command
 
 from .support import Topics
 from .workers import REPO, Fleet, ccfraud_table, write_config
@@ -297,7 +297,7 @@ def test_custom_json_pipelines_take_and_return_json(bootstrap: str, tmp_path: Pa
 def _headrace(*args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
     return subprocess.run(
-        [sys.executable, "-m", "stream.cli", *args],
+        headrace_command(*args),
         cwd=REPO,
         env=env,
         capture_output=True,

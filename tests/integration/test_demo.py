@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from stream.worker.processes import headrace_command
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +37,7 @@ def test_demo_serves_every_sample_and_stops_what_it_started() -> None:
     """`headrace demo` exits 0 within 90 s with ccfraud results and typed dead letters, and no
     broker or worker it started is left running."""
     completed = subprocess.run(
-        [sys.executable, "-m", "stream.cli", "demo"],
+        headrace_command("demo"),
         cwd=REPO,
         capture_output=True,
         text=True,

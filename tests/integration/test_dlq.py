@@ -14,7 +14,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, Topic
 from confluent_kafka.admin import AdminClient
 
 from pipelines.formats import Format
-from stream.dlq import add_commands
+from stream.cli.dlq import add_commands
 
 from .support import Topics
 from .workers import (

@@ -6,7 +6,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -16,7 +15,8 @@ import pytest
 import yaml
 
 from pipelines.formats import Format
-from stream.broker import free_port
+from stream.kafka.broker import free_port
+from stream.worker.processes import headrace_command
 
 from .support import Topics
 from .workers import (
@@ -205,7 +205,7 @@ def test_a_secret_from_the_environment_appears_nowhere(
 
 def _headrace(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "stream.cli", *args],
+        headrace_command(*args),
         cwd=REPO,
         env={**os.environ, **(env or {})},
         capture_output=True,

@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -29,6 +28,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, Topic
 
 from pipelines import formats
 from pipelines.formats import CONTENT_TYPES, Format
+from stream.worker.processes import headrace_command
 
 from .support import Topics
 
@@ -100,7 +100,7 @@ class WorkerProcess:
         env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "stream.cli", "run", str(config), *extra_args],
+            headrace_command("run", str(config), *extra_args),
             cwd=REPO,
             env=env,
             stdin=subprocess.DEVNULL,

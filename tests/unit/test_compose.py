@@ -12,7 +12,6 @@ import os
 import re
 import shlex
 import subprocess
-import sys
 import tomllib
 from fnmatch import fnmatch
 from pathlib import Path, PurePosixPath
@@ -22,7 +21,8 @@ import pytest
 import yaml
 
 from pipelines import load_settings
-from stream.cli import _parser
+from stream.cli.main import _parser
+from stream.worker.processes import headrace_command
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -211,7 +211,7 @@ def test_headrace_validate_passes_with_the_services_environment(service: str) ->
     config = _repo_path(service, str(args.config))
     env = os.environ | _environment(service)
     done = subprocess.run(
-        [sys.executable, "-m", "stream.cli", "validate", str(config)],
+        headrace_command("validate", str(config)),
         cwd=ROOT,
         env=env,
         capture_output=True,

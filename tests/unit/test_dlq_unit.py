@@ -10,11 +10,10 @@ import pytest
 import yaml
 
 from stream import dlq
-from stream.broker import free_port
+from stream.cli.dlq import add_commands
 from stream.dlq import (
     ReplayOptions,
     ReplaySummary,
-    add_commands,
     failed_at,
     format_age,
     parse_since,
@@ -22,6 +21,7 @@ from stream.dlq import (
     replay_headers,
     show_table,
 )
+from stream.kafka.broker import free_port
 from stream.types import Envelope, Partition
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -215,7 +215,7 @@ def test_unreachable_broker_exits_1_naming_the_address(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With no broker at the address, both commands exit 1 and name it."""
-    monkeypatch.setattr(dlq, "_TIMEOUT_S", 0.5)
+    monkeypatch.setattr("stream.cli.dlq._TIMEOUT_S", 0.5)
     address = f"127.0.0.1:{free_port()}"
     config = str(_config(tmp_path, address))
 

@@ -8,9 +8,9 @@ import pyarrow as pa
 
 from pipelines import formats
 from pipelines.formats import Format
-from stream.batcher import Batch, Batcher
-from stream.decoding import Decoded, Selection
-from stream.fakes import FakeClock
+from stream.kafka.fakes import FakeClock
+from stream.worker.batcher import Batch, Batcher
+from stream.worker.decoding import Decoded, Selection
 
 from .support import envelope
 

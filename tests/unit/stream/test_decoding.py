@@ -8,8 +8,8 @@ import pytest
 from pipelines import Pipeline
 from pipelines.config import ProcessingSettings
 from pipelines.formats import Format
-from stream.decoding import Decoded, Decoder, Selection
 from stream.types import DeadLetter, Headers
+from stream.worker.decoding import Decoded, Decoder, Selection
 
 from .support import content_type, encoded, envelope, records, table, tensor
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from stream.fakes import FakeBroker, FakeClock, FakeConsumer, FakeProducer
+from stream.kafka.fakes import FakeBroker, FakeClock, FakeConsumer, FakeProducer
 from stream.types import Partition
 
 _IN = "in"

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 
 from pipelines.config import KafkaSettings
-from stream.kafka import consumer_config, producer_config
+from stream.kafka.config import consumer_config, producer_config
 
 Config = dict[str, str | int | float | bool]
 _BOOTSTRAP = "broker-1:9092,broker-2:9092"

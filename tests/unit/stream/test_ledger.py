@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from pipelines.errors import DecodeError
-from stream.ledger import Ledger
 from stream.types import DeadLetter, Envelope, Outcome, Result
+from stream.worker.ledger import Ledger
 
 from .support import envelope
 

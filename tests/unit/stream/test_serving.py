@@ -11,9 +11,9 @@ import pytest
 from pipelines import Pipeline, formats
 from pipelines.config import ProcessingSettings
 from pipelines.formats import CONTENT_TYPES, Format
-from stream.decoding import Decoded, Decoder
-from stream.serving import Server
 from stream.types import DeadLetter, Headers, Outcome, Result
+from stream.worker.decoding import Decoded, Decoder
+from stream.worker.serving import Server
 
 from .support import encoded, envelope, header, records, table, tensor
 

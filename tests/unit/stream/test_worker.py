@@ -11,11 +11,12 @@ import pytest
 from pipelines import Pipeline
 from pipelines.config import Settings, load_settings
 from pipelines.formats import Format
-from stream.commit import AckCommitter, Committer
-from stream.fakes import FakeBroker, FakeClock, FakeConsumer, FakeProducer, RecordingMetrics
-from stream.ledger import Ledger
+from stream.errors import WorkerError
+from stream.kafka.fakes import FakeBroker, FakeClock, FakeConsumer, FakeProducer, RecordingMetrics
 from stream.types import Envelope, Headers, Partition
-from stream.worker import Worker, WorkerError
+from stream.worker.commit import AckCommitter, Committer
+from stream.worker.ledger import Ledger
+from stream.worker.loop import Worker
 
 from .support import CCFRAUD, content_type, encoded, header, records, table, tensor
 

@@ -1,7 +1,0 @@
-"""``python -m stream.bench [--quick]``: the SPEC §10 targets measured in one run.
-
-A fresh embedded broker on a free port, real ``headrace run`` worker processes, and a table of
-each figure next to its target. See :mod:`stream.bench.__main__`.
-"""
-
-__all__: list[str] = []

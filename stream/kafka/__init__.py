@@ -1,0 +1,32 @@
+"""Kafka plumbing: the only sub-package of ``stream`` that imports ``confluent_kafka``.
+
+- :mod:`~stream.kafka.config` builds every librdkafka config from the settings tree;
+- :mod:`~stream.kafka.clients` holds the consumer and producer protocols the worker is written
+  against, and their confluent-kafka adapters (librdkafka errors become :mod:`stream.errors`);
+- :mod:`~stream.kafka.admin` creates topics and reads partition counts;
+- :mod:`~stream.kafka.broker` runs the embedded broker (Tansu) and resolves ``embedded``;
+- :mod:`~stream.kafka.fakes` are in-memory stand-ins for the broker, clients and clock, held
+  to the adapters' behaviour by one contract suite (``tests/integration/test_kafka_contract.py``).
+
+It may import ``pipelines.config`` and ``stream.types``/``stream.errors``, nothing else of
+``stream``.
+"""
+
+from stream.kafka.admin import create_topics, ensure_topics, topic_partitions
+from stream.kafka.broker import Connection, EmbeddedBroker, connect_kafka, free_port
+from stream.kafka.clients import Consumer, KafkaConsumer, KafkaProducer, Producer, envelope_of
+
+__all__ = [
+    "Connection",
+    "Consumer",
+    "EmbeddedBroker",
+    "KafkaConsumer",
+    "KafkaProducer",
+    "Producer",
+    "connect_kafka",
+    "create_topics",
+    "ensure_topics",
+    "envelope_of",
+    "free_port",
+    "topic_partitions",
+]

@@ -1,0 +1,200 @@
+"""Every librdkafka config of headrace, built in one place from the settings tree.
+
+The settings become librdkafka's dotted keys here and nowhere else; ``kafka.properties`` are
+passed through verbatim on top (security.protocol, sasl.*, ssl.* ...), less the keys that the
+other client kind owns. Each client of headrace has its builder: the worker's consumer and
+producer, the client SDK's reply reader and request producer, the dead-letter commands'
+reader, and the admin client.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from pipelines.config import KafkaSettings, Settings
+
+__all__ = [
+    "FRAMING_BYTES",
+    "Config",
+    "admin_config",
+    "consumer_config",
+    "dlq_consumer_config",
+    "dlq_producer_config",
+    "producer_config",
+    "reply_consumer_config",
+    "request_producer_config",
+    "topic_config",
+    "worker_consumer_config",
+    "worker_producer_config",
+]
+
+Config = dict[str, str | int | float | bool]
+
+# Headroom librdkafka adds to a message (headers, record framing) on top of its value: a
+# producer and a topic allow kafka.max_message_bytes plus this.
+FRAMING_BYTES = 64 * 1024
+
+# Defaults that work on real Kafka and on the embedded broker alike. The session timeout is
+# the smallest a stock Kafka broker allows (group.min.session.timeout.ms = 6000).
+_CONSUMER_DEFAULTS: Config = {
+    "enable.auto.commit": False,
+    "enable.auto.offset.store": False,
+    "auto.offset.reset": "earliest",
+    "session.timeout.ms": 6000,
+    "heartbeat.interval.ms": 1500,
+    "fetch.wait.max.ms": 5,
+    "partition.assignment.strategy": "range",
+}
+_PRODUCER_DEFAULTS: Config = {
+    "enable.idempotence": True,
+    "acks": "all",
+    "linger.ms": 2,
+    "batch.num.messages": 10_000,
+    "queue.buffering.max.messages": 200_000,
+    "partitioner": "murmur2_random",
+}
+
+
+def _base(settings: KafkaSettings, bootstrap: str) -> Config:
+    return {"bootstrap.servers": bootstrap, "client.id": f"headrace-{settings.group_id}"}
+
+
+def consumer_config(
+    settings: KafkaSettings, bootstrap: str, **overrides: str | int | float | bool
+) -> Config:
+    """The librdkafka config of the worker's consumer."""
+    config = _base(settings, bootstrap) | _CONSUMER_DEFAULTS | {"group.id": settings.group_id}
+    return config | _without(settings.librdkafka_properties(), _PRODUCER_ONLY) | overrides
+
+
+def producer_config(
+    settings: KafkaSettings, bootstrap: str, **overrides: str | int | float | bool
+) -> Config:
+    """The librdkafka config of the worker's producer."""
+    config = _base(settings, bootstrap) | _PRODUCER_DEFAULTS
+    return config | _without(settings.librdkafka_properties(), _CONSUMER_ONLY) | overrides
+
+
+def _without(properties: Mapping[str, Any], prefixes: tuple[str, ...]) -> dict[str, Any]:
+    """``kafka.properties`` less the keys the other client kind owns (librdkafka warns)."""
+    return {k: v for k, v in properties.items() if not k.startswith(prefixes)}
+
+
+_CONSUMER_ONLY = (  # the "C" properties of librdkafka's CONFIGURATION.md
+    "group.",
+    "auto.offset.reset",
+    "enable.auto",
+    "auto.commit",
+    "session.timeout",
+    "heartbeat.interval",
+    "max.poll.interval",
+    "partition.assignment.strategy",
+    "coordinator.query.interval",
+    "fetch.",
+    "max.partition.fetch",
+    "queued.",
+    "isolation.level",
+    "enable.partition.eof",
+    "check.crcs",
+    "offset.store",
+    "consume.callback",
+)
+_PRODUCER_ONLY = (  # the "P" properties of librdkafka's CONFIGURATION.md
+    "acks",
+    "request.required.acks",
+    "request.timeout.ms",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "linger.ms",
+    "queue.buffering.",
+    "queuing.strategy",
+    "batch.",
+    "compression.",
+    "enable.idempotence",
+    "enable.gapless.guarantee",
+    "transactional.id",
+    "transaction.timeout.ms",
+    "message.send.max.retries",
+    "retries",
+    "retry.backoff",
+    "partitioner",
+    "sticky.partitioning",
+    "produce.offset.report",
+    "delivery.report.only.error",
+    "dr_",
+)
+
+
+def worker_consumer_config(settings: Settings, bootstrap: str) -> Config:
+    """The worker's group consumer (read_committed under exactly_once)."""
+    overrides: Config = {}
+    if settings.processing.guarantee == "exactly_once":
+        overrides["isolation.level"] = "read_committed"
+    return consumer_config(settings.kafka, bootstrap, **overrides)
+
+
+def worker_producer_config(
+    settings: Settings, bootstrap: str, *, transactional_id: str | None = None
+) -> Config:
+    """The worker's idempotent producer; transactional when given a ``transactional_id``."""
+    overrides: Config = {"message.max.bytes": _message_limit(settings.kafka)}
+    if transactional_id is not None:
+        overrides["transactional.id"] = transactional_id
+    return producer_config(settings.kafka, bootstrap, **overrides)
+
+
+def reply_consumer_config(settings: KafkaSettings, bootstrap: str) -> Config:
+    """The client's reply reader: assigned partitions, never joins a group, commits nothing."""
+    overrides: Config = {
+        "group.id": f"headrace-client-{uuid.uuid4()}",  # required; never joined
+        "client.id": "headrace-client",
+        "enable.auto.commit": False,
+    }
+    return _quiet(consumer_config(settings, bootstrap, **overrides))
+
+
+def request_producer_config(settings: KafkaSettings, bootstrap: str) -> Config:
+    """The client's request producer.
+
+    Not idempotent: a repeated request only gets a second reply, which is skipped, and there
+    is no producer-id handshake delaying the first request.
+    """
+    overrides: Config = {
+        "client.id": "headrace-client",
+        "linger.ms": 1,
+        "enable.idempotence": False,
+        "message.max.bytes": _message_limit(settings),
+    }
+    return _quiet(producer_config(settings, bootstrap, **overrides))
+
+
+def dlq_consumer_config(settings: KafkaSettings, bootstrap: str, group: str) -> Config:
+    """The dead-letter commands' reader, in ``group``; it never commits by itself."""
+    overrides: Config = {"group.id": group, "enable.auto.commit": False, "log_level": 3}
+    return consumer_config(settings, bootstrap, **overrides)
+
+
+def dlq_producer_config(settings: KafkaSettings, bootstrap: str) -> Config:
+    """The producer of ``headrace dlq replay``: requests as large as the worker takes."""
+    overrides: Config = {"message.max.bytes": _message_limit(settings), "log_level": 3}
+    return producer_config(settings, bootstrap, **overrides)
+
+
+def admin_config(bootstrap: str, properties: Mapping[str, Any] | None = None) -> Config:
+    """An admin client (topics, metadata probes); librdkafka's retry chatter stays quiet."""
+    return {"log_level": 2, **(properties or {}), "bootstrap.servers": bootstrap}
+
+
+def topic_config(settings: KafkaSettings) -> dict[str, str]:
+    """Topic configs of the topics headrace creates: room for the largest request or result."""
+    return {"max.message.bytes": str(_message_limit(settings))}
+
+
+def _message_limit(settings: KafkaSettings) -> int:
+    return settings.max_message_bytes + FRAMING_BYTES
+
+
+def _quiet(config: Config) -> Config:
+    return {"log_level": 2, **config}

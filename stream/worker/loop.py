@@ -1,0 +1,353 @@
+"""The worker loop: consume, decode, micro-batch, serve, publish in order, commit.
+
+``run`` is ``while running: run_once()``; each step of ``run_once`` is a named method, so
+tests can drive the loop one iteration at a time against the real broker or the fakes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import cast
+
+import structlog
+
+from pipelines import Pipeline
+from pipelines.config import Settings, load_settings
+from pipelines.errors import ConfigError, OutputError, PipelineError, TooLarge
+from stream.errors import TransactionAborted, WorkerError
+from stream.headers import dead_letter_headers
+from stream.kafka.clients import Consumer, Producer
+from stream.ops.health import Health
+from stream.ops.metrics import Metrics, NullMetrics
+from stream.types import DeadLetter, Headers, Outcome, Partition, Result
+from stream.worker.batcher import Batch, Batcher
+from stream.worker.commit import Committer
+from stream.worker.decoding import Decoded, Decoder
+from stream.worker.ledger import Ledger
+from stream.worker.serving import Server
+
+__all__ = ["Worker"]
+
+_log = structlog.get_logger("headrace.worker")
+_IDLE_POLL_S = 0.1
+_OBSERVE_EVERY_S = 5.0
+
+
+class Worker:
+    """Serves one pipeline from the input topic to the output and dead-letter topics."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        settings: Settings,
+        consumer: Consumer,
+        producer: Producer,
+        committer: Callable[[Ledger], Committer],
+        *,
+        max_request_bytes: int,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        metrics: Metrics | None = None,
+        health: Health | None = None,
+    ) -> None:
+        self.pipeline = pipeline
+        self.settings = settings
+        self.running = True
+        self._consumer = consumer
+        self._producer = producer
+        self._clock = clock
+        self._wall_clock_ms = wall_clock_ms
+        self._metrics = metrics or NullMetrics()
+        self._health = health or Health()
+        self._ledger = Ledger()
+        self._committer = committer(self._ledger)
+        self._decoder = Decoder(pipeline, settings.processing, max_request_bytes)
+        self._batcher = Batcher(settings.batching.max_rows, settings.batching.max_wait_ms, clock)
+        self._server = Server(pipeline, self._metrics)
+        self._paused: list[Partition] = []
+        self._failure: WorkerError | None = None
+        self._output_partitions = -1
+        self._max_request_bytes = max_request_bytes
+        self._reload_requested = False
+        self._observed_at = -_OBSERVE_EVERY_S
+        self._rows_per_message = 1.0  # recent averages, to size each consume to the caps
+        self._bytes_per_message = 1.0
+        consumer.subscribe([settings.kafka.input_topic], self.on_assign, self.on_revoke)
+
+    def run(self) -> None:
+        """Serve until ``stop()``; then finish in-flight work, flush and commit."""
+        try:
+            while self.running:
+                self.run_once()
+        finally:
+            self.shutdown()
+
+    def stop(self) -> None:
+        """Ask the loop to stop after this iteration (safe from a signal handler)."""
+        self.running = False
+
+    def request_reload(self) -> None:
+        """Re-read the config before the next iteration (safe from a signal handler)."""
+        self._reload_requested = True
+
+    def close(self) -> None:
+        """Leave the consumer group; call after ``run`` returned."""
+        self._consumer.close()
+
+    def run_once(self) -> None:
+        """One iteration: consume, serve due batches, publish, back-pressure, commit."""
+        if self._reload_requested:
+            self._reload()
+        self._consume()
+        self._serve(self._batcher.due())
+        self._publish()
+        self._apply_backpressure()
+        self._commit(self._clock())
+        self._observe(self._clock())
+        if self._failure is not None:
+            raise self._failure
+
+    def shutdown(self) -> None:
+        """Serve what was consumed, publish it, wait for acknowledgements and commit."""
+        self.finish(None)
+        self._metrics.inflight(0)
+
+    def finish(self, partitions: list[Partition] | None) -> None:
+        """Serve, publish and commit everything consumed (all, or before revoking)."""
+        self._serve(self._batcher.drain())
+        self._publish()
+        remaining = self._producer.flush(self.settings.processing.shutdown_timeout_s)
+        if remaining:
+            _log.warning(
+                "results not acknowledged in time; they will be served again",
+                unacknowledged=remaining,
+            )
+        try:
+            self._committer.commit_now(partitions)
+        except TransactionAborted as exc:
+            _log.warning("transaction aborted while finishing", error=str(exc))
+
+    # rebalance callbacks, called by the consumer inside consume()
+    def on_assign(self, partitions: list[Partition]) -> None:
+        _log.info("partitions assigned", partitions=[str(p) for p in partitions])
+        self._health.partitions += len(partitions)
+
+    def on_revoke(self, partitions: list[Partition]) -> None:
+        _log.info("partitions revoked; finishing them", partitions=[str(p) for p in partitions])
+        self.finish(partitions)
+        self._ledger.forget(partitions)
+        self._health.partitions = max(0, self._health.partitions - len(partitions))
+        self._paused = [p for p in self._paused if p not in partitions]
+
+    def _consume(self) -> None:
+        timeout = self._batcher.max_wait_s if self._batcher.rows else _IDLE_POLL_S
+        envelopes = self._consumer.consume(self._room(), timeout)
+        rows_before = self._ledger.pending_rows
+        for envelope in envelopes:
+            decoded = self._decoder(envelope)
+            self._ledger.reserve(envelope, decoded.rows if isinstance(decoded, Decoded) else 0)
+            if isinstance(decoded, DeadLetter):
+                self._ledger.resolve(decoded)
+            else:
+                self._serve(self._batcher.add(decoded))
+        if envelopes:
+            rows = max(1, self._ledger.pending_rows - rows_before)
+            self._rows_per_message = rows / len(envelopes)
+            self._bytes_per_message = sum(len(e.value) for e in envelopes) / len(envelopes)
+
+    def _room(self) -> int:
+        """How many messages to take now: what the in-flight caps leave room for (>= 1)."""
+        batching = self.settings.batching
+        free_rows = batching.max_inflight_rows - self._ledger.pending_rows
+        free_bytes = batching.max_inflight_bytes - self._ledger.pending_bytes
+        room = min(
+            free_rows / max(1.0, self._rows_per_message),
+            free_bytes / max(1.0, self._bytes_per_message),
+        )
+        return max(1, min(batching.max_rows, int(room)))
+
+    def _serve(self, batches: Sequence[Batch]) -> None:
+        for batch in batches:
+            started = time.perf_counter()
+            outcomes = self._server.serve(batch.requests)
+            for outcome in outcomes:
+                self._ledger.resolve(outcome)
+            self._log_batch(batch, outcomes, time.perf_counter() - started)
+            self._publish()  # results leave as soon as their batch is served
+
+    def _publish(self) -> None:
+        for outcome in self._ledger.ready():
+            self._committer.before_produce()
+            if isinstance(outcome, Result):
+                self._publish_result(outcome)
+            else:
+                self._publish_dead_letter(outcome)
+        self._producer.poll(0)
+
+    def _publish_result(self, result: Result) -> None:
+        kafka = self.settings.kafka
+        envelope = result.envelope
+        if len(result.value) > kafka.max_message_bytes:
+            message = (
+                f"result of {len(result.value)} bytes is over the limit of "
+                f"{kafka.max_message_bytes} bytes (kafka.max_message_bytes)"
+            )
+            self._publish_dead_letter(DeadLetter(envelope, OutputError(message)))
+            return
+
+        def delivered(error: str | None) -> None:
+            if error is None:
+                self._ledger.ack(envelope)
+                self._metrics.served(result.rows, envelope.timestamp_ms, self._wall_clock_ms())
+            else:
+                message = f"result could not be published to '{kafka.output_topic}': {error}"
+                self._publish_dead_letter(DeadLetter(envelope, OutputError(message)))
+
+        self._producer.produce(
+            kafka.output_topic,
+            result.value,
+            key=envelope.key,
+            headers=result.headers,
+            partition=self._output_partition(envelope.partition),
+            on_delivery=delivered,
+        )
+
+    def _publish_dead_letter(self, dead: DeadLetter) -> None:
+        kafka = self.settings.kafka
+        envelope = dead.envelope
+
+        def delivered(error: str | None) -> None:
+            if error is None:
+                self._ledger.ack(envelope)
+                self._metrics.dead_lettered(dead.error.error_type)
+            else:
+                self._failure = WorkerError(
+                    f"dead letter for {envelope.partition}@{envelope.offset} could not be "
+                    f"published to '{kafka.dead_letter_topic}': {error}"
+                )
+
+        _log.info(
+            "request dead-lettered",
+            error_type=dead.error.error_type,
+            error=dead.error.message,
+            step=dead.error.step,
+            partition=str(envelope.partition),
+            offset=envelope.offset,
+        )
+        value, extra = envelope.value, cast(Headers, ())
+        if isinstance(dead.error, TooLarge):
+            # it cannot fit the dead-letter topic either: the record points at the original
+            value, extra = b"", (("x-original-bytes", str(len(envelope.value)).encode()),)
+        self._producer.produce(
+            kafka.dead_letter_topic,
+            value,
+            key=envelope.key,
+            headers=dead_letter_headers(
+                envelope, dead.error, group_id=kafka.group_id, failed_at_ms=self._wall_clock_ms()
+            )
+            + extra,
+            partition=None,
+            on_delivery=delivered,
+        )
+
+    def _output_partition(self, source: Partition) -> int | None:
+        """The input's partition number when the output topic has it, else by key."""
+        if self._output_partitions < 0:
+            self._output_partitions = self._producer.partitions_for(
+                self.settings.kafka.output_topic
+            )
+        return source.index if source.index < self._output_partitions else None
+
+    def _reload(self) -> None:
+        """Swap in the pipeline of the re-read config once in-flight batches are served.
+
+        The new pipeline is loaded and validated beside the running one; a config that does
+        not load is refused and the running pipeline keeps serving. Changes to ``kafka``,
+        ``metrics`` and ``replicas`` need a restart and are not applied.
+        """
+        self._reload_requested = False
+        self._observed_at = -_OBSERVE_EVERY_S
+        source = self.settings.source
+        try:
+            if source is None:
+                raise ConfigError("the running settings were not loaded from a file")
+            settings = load_settings(source)
+            pipeline = Pipeline(settings)
+        except (PipelineError, OSError) as exc:
+            _log.error(
+                "reload refused; the running pipeline keeps serving",
+                error=str(exc),
+                version=self.pipeline.version,
+            )
+            return
+        kept = {
+            "kafka": self.settings.kafka,
+            "metrics": self.settings.metrics,
+            "replicas": self.settings.replicas,
+        }
+        ignored = [key for key, value in kept.items() if getattr(settings, key) != value]
+        if ignored:
+            _log.warning(
+                "reload: these sections need a restart and were not applied", sections=ignored
+            )
+        self._serve(self._batcher.drain())
+        self._publish()
+        old_version = self.pipeline.version
+        self.settings = settings.model_copy(update=kept)
+        self.pipeline = pipeline
+        self._decoder = Decoder(pipeline, self.settings.processing, self._max_request_bytes)
+        self._server = Server(pipeline, self._metrics)
+        batching = self.settings.batching
+        self._batcher = Batcher(batching.max_rows, batching.max_wait_ms, self._clock)
+        _log.info(
+            "pipeline reloaded",
+            old_version=old_version,
+            version=pipeline.version,
+            steps=pipeline.step_names,
+        )
+
+    def _apply_backpressure(self) -> None:
+        batching = self.settings.batching
+        rows, size = self._ledger.pending_rows, self._ledger.pending_bytes
+        if not self._paused and (
+            rows >= batching.max_inflight_rows or size >= batching.max_inflight_bytes
+        ):
+            self._paused = self._consumer.assignment()
+            self._consumer.pause(self._paused)
+            _log.info("in-flight limit reached; partitions paused", rows=rows, bytes=size)
+        elif self._paused and (
+            rows < batching.max_inflight_rows // 2 and size < batching.max_inflight_bytes // 2
+        ):
+            self._consumer.resume(self._paused)
+            self._paused = []
+
+    def _commit(self, now: float) -> None:
+        try:
+            self._committer.maybe_commit(now)
+        except TransactionAborted as exc:
+            raise WorkerError(
+                f"transaction aborted: {exc}; restart to resume from the last committed offsets"
+            ) from exc
+
+    def _observe(self, now: float) -> None:
+        """Heartbeat every iteration; lag and broker reachability every few seconds."""
+        self._health.beat()
+        self._metrics.inflight(self._ledger.pending_rows)
+        if now - self._observed_at < _OBSERVE_EVERY_S:
+            return
+        self._observed_at = now
+        self._health.broker_error = self._consumer.reachable(timeout=2.0)
+        for partition, messages in self._consumer.lag().items():
+            self._metrics.lag(partition.index, messages)
+
+    def _log_batch(self, batch: Batch, outcomes: list[Outcome], seconds: float) -> None:
+        dead = sum(isinstance(outcome, DeadLetter) for outcome in outcomes)
+        self._metrics.batch(batch.rows, seconds)
+        _log.info(
+            "batch served",
+            rows=batch.rows,
+            messages=len(batch.requests),
+            ms=round(seconds * 1000, 2),
+            dead_letters=dead,
+        )
