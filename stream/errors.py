@@ -4,10 +4,12 @@
     ├── KafkaUnavailable         the broker did not answer in time (names its address)
     ├── BrokerStartError         the embedded broker did not come up (names its address, log)
     ├── TopicError               the broker refused a topic operation, or a topic is missing
+    ├── KafkaClientError         a consumer or producer call failed (librdkafka's reason)
     ├── CommitFailed             an offset commit was refused (the worker logs it and goes on)
     ├── TransactionAborted       exactly_once: the transaction was aborted (a signal to rewind)
     ├── WorkerError              the worker cannot go on without losing requests
     ├── DlqError                 reading, replaying or committing dead letters failed
+    ├── UnknownDeployment        no config in the configs folder has that deployment name
     ├── InferenceFailed          the client's request was dead-lettered (also a RuntimeError)
     └── InferenceTimeout         nothing came back for the request in time (also a TimeoutError)
 
@@ -28,10 +30,12 @@ __all__ = [
     "DlqError",
     "InferenceFailed",
     "InferenceTimeout",
+    "KafkaClientError",
     "KafkaUnavailable",
     "StreamError",
     "TopicError",
     "TransactionAborted",
+    "UnknownDeployment",
     "WorkerError",
 ]
 
@@ -61,6 +65,11 @@ class TopicError(StreamError):
     """The broker answered but refused a topic operation, or the topic does not exist."""
 
 
+class KafkaClientError(StreamError):
+    """A consumer or producer call failed: refused by the broker, no answer in time, or a read
+    that cannot go on (topic gone, not authorised, fatal); the message is librdkafka's reason."""
+
+
 class CommitFailed(StreamError):  # noqa: N818  # reads as what happened
     """The broker refused an offset commit; the message says which offsets and why."""
 
@@ -75,6 +84,10 @@ class WorkerError(StreamError):
 
 class DlqError(StreamError):
     """Reading, replaying or committing dead letters failed; the message says what and where."""
+
+
+class UnknownDeployment(StreamError, LookupError):  # noqa: N818  # reads as what happened
+    """A deployment name matches no config; the message lists the names found and the folder."""
 
 
 class InferenceFailed(StreamError, RuntimeError):  # noqa: N818  # the name of the SPEC's API

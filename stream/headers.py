@@ -10,6 +10,7 @@ from stream.types import Envelope, Headers
 
 __all__ = [
     "CONTENT_TYPE",
+    "DROPPED_HEADERS",
     "ERROR_HEADERS",
     "ERROR_MESSAGE",
     "ERROR_STEP",
@@ -18,6 +19,7 @@ __all__ = [
     "ORIGINAL_BYTES",
     "REPLAYED_FROM",
     "REQUEST_ID",
+    "UNREADABLE_HEADERS",
     "dead_letter_headers",
     "passthrough",
     "result_headers",
@@ -33,7 +35,10 @@ ERROR_TYPE = "x-error-type"
 ERROR_MESSAGE = "x-error-message"
 ERROR_STEP = "x-error-step"
 ORIGINAL_BYTES = "x-original-bytes"  # on a dead letter published without its value
+DROPPED_HEADERS = "x-dropped-headers"  # how many request headers a dead letter left out
 REPLAYED_FROM = "x-replayed-from"  # on a request that ``headrace dlq replay`` re-published
+# set by the consumer on a message whose header names cannot be read: the decoder refuses it
+UNREADABLE_HEADERS = "x-headrace-unreadable-headers"
 ERROR_TYPES = (  # the values of x-error-type (SPEC §5)
     "decode_error",
     "schema_error",
@@ -41,6 +46,7 @@ ERROR_TYPES = (  # the values of x-error-type (SPEC §5)
     "step_timeout",
     "output_error",
     "too_large",
+    "expired",
 )
 ERROR_HEADERS = (
     ERROR_TYPE,
@@ -66,7 +72,17 @@ _REPLACED_ON_RESULT = _CONSUMED | set(_RESULT_HEADERS)
 MAX_MESSAGE_HEADER = 4096
 
 
-_encoded = functools.lru_cache(maxsize=4096)(str.encode)  # topics, versions, partitions
+def _utf8(text: str) -> bytes:
+    """``text`` as UTF-8; a lone surrogate (an undecodable byte kept by Python) becomes ``?``."""
+    return text.encode("utf-8", "replace")
+
+
+_encoded = functools.lru_cache(maxsize=4096)(_utf8)  # topics, versions, partitions
+
+
+def _name(key: str) -> str:
+    """A header name the producer can encode, whatever bytes it was read from."""
+    return key if key.isascii() else _utf8(key).decode("utf-8")
 
 
 def passthrough(envelope: Envelope) -> Headers:
@@ -74,7 +90,7 @@ def passthrough(envelope: Envelope) -> Headers:
     if not envelope.headers:
         return ()
     return tuple(
-        (key, value)
+        (_name(key), value)
         for key, value in envelope.headers
         if key.lower() not in _REPLACED_ON_RESULT and not key.lower().startswith(PARAM_PREFIX)
     )
@@ -86,7 +102,7 @@ def result_headers(
     """Headers of a result: identity, provenance, then the request's pass-through headers."""
     partition = envelope.partition
     return (
-        (REQUEST_ID, envelope.request_id.encode()),
+        (REQUEST_ID, _utf8(envelope.request_id)),
         (CONTENT_TYPE, _encoded(content_type)),
         ("x-pipeline", _encoded(pipeline)),
         ("x-pipeline-version", _encoded(version)),
@@ -102,25 +118,26 @@ def dead_letter_headers(
 ) -> Headers:
     """The request's own headers plus the ``x-error-*`` and ``x-source-*`` ones of SPEC §5."""
     partition = envelope.partition
-    own = tuple((k, v) for k, v in envelope.headers if k.lower() not in ERROR_HEADERS)
+    own = tuple((_name(k), v) for k, v in envelope.headers if k.lower() not in ERROR_HEADERS)
     failed_at = datetime.fromtimestamp(failed_at_ms / 1000, tz=UTC)
     return (
         *own,
-        (ERROR_TYPE, error.error_type.encode()),
-        (ERROR_MESSAGE, _clip(error.message).encode()),
-        (ERROR_STEP, (error.step or "").encode()),
+        (ERROR_TYPE, _utf8(error.error_type)),
+        (ERROR_MESSAGE, _clip(_utf8(str(error.message)))),
+        (ERROR_STEP, _utf8(error.step or "")),
         ("x-attempts", str(error.attempts).encode()),
-        ("x-source-topic", partition.topic.encode()),
+        ("x-source-topic", _utf8(partition.topic)),
         ("x-source-partition", str(partition.index).encode()),
         ("x-source-offset", str(envelope.offset).encode()),
         ("x-source-timestamp", str(envelope.timestamp_ms).encode()),
-        ("x-consumer-group", group_id.encode()),
+        ("x-consumer-group", _utf8(group_id)),
         ("x-failed-at", failed_at.isoformat(timespec="milliseconds").encode()),
     )
 
 
-def _clip(message: str) -> str:
-    encoded = message.encode()
-    if len(encoded) <= MAX_MESSAGE_HEADER:
+def _clip(message: bytes) -> bytes:
+    """At most :data:`MAX_MESSAGE_HEADER` bytes, cut on a character boundary."""
+    if len(message) <= MAX_MESSAGE_HEADER:
         return message
-    return encoded[: MAX_MESSAGE_HEADER - 3].decode(errors="ignore") + "..."
+    head = message[: MAX_MESSAGE_HEADER - 3].decode("utf-8", errors="ignore")
+    return head.encode() + b"..."

@@ -24,7 +24,7 @@ from pipelines.config import Settings
 from pipelines.formats import decode_response, format_for_content_type
 from stream import headers
 from stream.cli.display import render_table
-from stream.cli.samples import Sample, samples_for
+from stream.cli.samples import DEMO_PIPELINES, Sample, find_project, samples_for
 from stream.kafka.admin import create_topics
 from stream.kafka.broker import EmbeddedBroker, free_port
 from stream.kafka.clients import KafkaConsumer, KafkaProducer
@@ -32,12 +32,8 @@ from stream.kafka.config import consumer_config, producer_config
 from stream.types import Envelope, Partition
 from stream.worker.processes import WorkerProcess, stop_on_sigterm
 
-__all__ = ["DEFAULT_CONFIGS", "run_demo"]
+__all__ = ["run_demo"]
 
-_REPO = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIGS = tuple(
-    _REPO / "configs" / f"{name}.yaml" for name in ("ccfraud", "digits", "forecast")
-)
 _READY_TIMEOUT_S = 60.0  # worker start + consumer-group join, on a slow machine
 _ANSWER_TIMEOUT_S = 30.0
 _INTERRUPTED = 130  # the shell's code for a command stopped by Ctrl-C
@@ -53,9 +49,9 @@ class _Deployment:
     samples: tuple[Sample, ...]
 
     @classmethod
-    def load(cls, config: Path) -> _Deployment:
+    def load(cls, config: Path, data_dir: Path) -> _Deployment:
         settings = load_settings(config)
-        return cls(config.resolve(), settings, tuple(samples_for(settings)))
+        return cls(config.resolve(), settings, tuple(samples_for(settings, data_dir)))
 
     @property
     def name(self) -> str:
@@ -137,9 +133,15 @@ class _Exchange:
         del self._producer  # librdkafka's producer goes now, while the broker answers
 
 
-def run_demo(configs: list[Path] | None) -> int:
-    """Serve the sample requests of each config over a private broker and print the results."""
-    deployments = [_Deployment.load(path) for path in configs or DEFAULT_CONFIGS]
+def run_demo(configs: list[Path] | None, project: Path | None = None) -> int:
+    """Serve the sample requests of each config over a private broker and print the results.
+
+    ``project`` holds ``configs/`` and ``data/`` (see :func:`find_project`); without
+    ``configs`` the example pipelines in its ``configs/`` are served.
+    """
+    home = find_project(project)
+    paths = configs or [home / "configs" / f"{name}.yaml" for name in DEMO_PIPELINES]
+    deployments = [_Deployment.load(path, home / "data") for path in paths]
     log_dir = Path(tempfile.mkdtemp(prefix="headrace-demo-"))
     names = ", ".join(d.name for d in deployments)
     print(f"headrace demo: {names}, served over Kafka by `headrace run` worker processes")

@@ -46,55 +46,36 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default=None, help="debug, info, warning or error")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    validate = commands.add_parser(
-        "validate", help="load a config and its models; print schemas and version"
-    )
-    validate.add_argument("config", type=Path)
-    validate.set_defaults(command=_validate)
-
-    run = commands.add_parser("run", help="serve the pipeline from Kafka until SIGTERM")
-    run.add_argument("config", type=Path)
+    _command(commands, _validate, "load a config and its models; print schemas and version")
+    run = _command(commands, _run, "serve the pipeline from Kafka until SIGTERM")
     run.add_argument(
         "--replicas",
         type=positive,
         default=None,
         help="worker processes in the consumer group (default: the config's)",
     )
-    run.set_defaults(command=_run)
-
-    reload = commands.add_parser(
-        "reload", help="re-read the config in running workers (SIGHUP) and swap the pipeline"
-    )
-    reload.add_argument("config", type=Path)
-    reload.set_defaults(command=_reload)
-
-    topics = commands.add_parser("topics", help="create the input, output and dead-letter topics")
-    topics.add_argument("config", type=Path)
-    topics.set_defaults(command=_topics)
+    _command(commands, _reload, "re-read the config in running workers (SIGHUP), swap the pipeline")
+    _command(commands, _topics, "create the input, output and dead-letter topics")
 
     broker = commands.add_parser("broker", help="run the embedded broker in the foreground")
     broker.add_argument("--port", type=positive, default=19092)
     broker.set_defaults(command=_broker)
 
-    infer = commands.add_parser("infer", help="send the request in a file and print its result")
-    infer.add_argument("config", type=Path)
+    infer = _command(commands, _infer, "send the request in a file and print its result")
     infer.add_argument("--file", type=Path, required=True, help=".arrow, .json or .df.json")
     infer.add_argument("--format", choices=("pandas-records", "arrow", "custom-json"))
     infer.add_argument("--dataset", action="append", help="columns or groups (comma-separated)")
     infer.add_argument("--dataset-exclude", action="append", help="columns or groups to drop")
     infer.add_argument("--out", type=Path, help="write the result to a .arrow or .json file")
     infer.add_argument("--timeout", type=float, default=15.0, help="seconds (default 15)")
-    infer.set_defaults(command=_infer)
 
-    batch = commands.add_parser("batch", help="run a file's rows through in batched requests")
-    batch.add_argument("config", type=Path)
+    batch = _command(commands, _batch, "run a file's rows through in batched requests")
     batch.add_argument("--file", type=Path, required=True, help=".arrow, .json or .df.json")
     batch.add_argument("--batch-size", type=positive, default=50, help="rows per request")
     batch.add_argument("--executors", type=positive, default=4, help="requests in flight")
     batch.add_argument("--out", type=Path, help="write the rows to a .arrow or .json file")
     batch.add_argument("--timeout", type=float, default=15.0, help="seconds per request")
     batch.add_argument("--fail-fast", action="store_true", help="stop at the first failure")
-    batch.set_defaults(command=_batch)
 
     from stream.cli.dlq import add_commands as add_dlq_commands
 
@@ -102,7 +83,27 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="the main job: sample requests through the pipelines")
     demo.add_argument("config", type=Path, nargs="?", default=None)
+    demo.add_argument(
+        "--project",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="the folder with configs/, models/ and data/ (default: the current directory, "
+        "else the checkout of an editable install)",
+    )
     demo.set_defaults(command=_demo)
+    return parser
+
+
+def _command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    function: Callable[[argparse.Namespace], int],
+    help: str,  # argparse's name
+) -> argparse.ArgumentParser:
+    """A subcommand named after ``function`` (``_run`` -> ``run``) that takes a CONFIG."""
+    parser = commands.add_parser(function.__name__.lstrip("_"), help=help)
+    parser.add_argument("config", type=Path)
+    parser.set_defaults(command=function)
     return parser
 
 
@@ -281,4 +282,4 @@ def _demo(args: argparse.Namespace) -> int:
     from stream.cli.demo import run_demo
 
     configs = [args.config] if args.config else None
-    return run_demo(configs)
+    return run_demo(configs, args.project)

@@ -19,9 +19,11 @@ from pipelines.errors import ConfigError
 from pipelines.formats import CONTENT_TYPES, Format, encode_request
 from stream.types import Headers
 
-__all__ = ["DATA_DIR", "Sample", "samples_for"]
+__all__ = ["DEMO_PIPELINES", "Sample", "find_project", "samples_for"]
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+DEMO_PIPELINES = ("ccfraud", "digits", "forecast")
+_CHECKOUT = Path(__file__).resolve().parents[2]  # the source tree of an editable install
+_NEEDED = ("configs", "data")
 _STREAM_REQUESTS = 10  # the Arrow file's rows, sent again as this many Arrow stream requests
 
 
@@ -55,7 +57,26 @@ class Sample:
         return "sniffed"
 
 
-def samples_for(settings: Settings, data_dir: Path = DATA_DIR) -> list[Sample]:
+def find_project(explicit: Path | None = None) -> Path:
+    """The folder holding the demo's ``configs/``, ``models/`` and ``data/``.
+
+    ``explicit`` (``headrace demo --project DIR``) when given; else the current directory when
+    it has them (a checkout, or ``/app`` in the image); else the source checkout of an editable
+    install. A folder without them is a ConfigError naming the path it looked at.
+    """
+    candidates = [explicit] if explicit is not None else [Path.cwd(), _CHECKOUT]
+    for folder in candidates:
+        if all((folder / name).is_dir() for name in _NEEDED):
+            return folder.resolve()
+    looked = " or ".join(str(folder.resolve()) for folder in candidates)
+    raise ConfigError(
+        f"no demo configs and sample data in {looked} (it needs configs/, models/ and data/): "
+        "run `headrace demo` from a headrace checkout (or /app in the image), or pass "
+        "--project DIR"
+    )
+
+
+def samples_for(settings: Settings, data_dir: Path) -> list[Sample]:
     """The sample requests for the pipeline of ``settings``; the first one is the warm-up."""
     kind = _input_kind(settings)
     if kind == "custom":

@@ -10,25 +10,21 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
-import confluent_kafka
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
-
 from pipelines.config import KafkaSettings
 from stream import headers
-from stream.errors import DlqError, TopicError
+from stream.errors import DlqError, KafkaClientError, TopicError
 from stream.kafka.admin import topic_partitions
 from stream.kafka.broker import EMBEDDED, EMBEDDED_ADDRESS
-from stream.kafka.clients import envelope_of
 from stream.kafka.config import dlq_consumer_config
-from stream.types import Envelope
+from stream.kafka.readers import PartitionReader
+from stream.types import Envelope, Partition
 
 __all__ = [
     "TIMEOUT_S",
     "broker_address",
-    "error_reason",
     "error_type_of",
     "failed_at",
-    "open_consumer",
+    "open_reader",
     "partition_count",
     "read_letters",
     "text_of",
@@ -36,13 +32,6 @@ __all__ = [
 
 TIMEOUT_S = 10.0  # each broker round trip (metadata, offsets, commit)
 _IDLE_S = 2.0  # stop reading when nothing came for this long
-_READ_ERRORS = frozenset(
-    {
-        KafkaError.UNKNOWN_TOPIC_OR_PART,
-        KafkaError.TOPIC_AUTHORIZATION_FAILED,
-        KafkaError.GROUP_AUTHORIZATION_FAILED,
-    }
-)
 
 
 def failed_at(letter: Envelope) -> datetime:
@@ -91,24 +80,27 @@ def partition_count(kafka: KafkaSettings, bootstrap: str, key: str, timeout: flo
         ) from None
 
 
-def open_consumer(kafka: KafkaSettings, bootstrap: str, group: str) -> confluent_kafka.Consumer:
-    """A consumer in ``group`` that never commits by itself."""
-    return confluent_kafka.Consumer(dlq_consumer_config(kafka, bootstrap, group))
+def open_reader(kafka: KafkaSettings, bootstrap: str, group: str) -> PartitionReader:
+    """A reader whose offsets are those of ``group``; it never commits by itself."""
+    return PartitionReader(dlq_consumer_config(kafka, bootstrap, group))
 
 
 def read_letters(
-    consumer: confluent_kafka.Consumer, topic: str, starts: dict[int, int], timeout: float
+    reader: PartitionReader, topic: str, starts: dict[int, int], timeout: float
 ) -> Iterator[list[Envelope]]:
     """Batches of dead letters from ``starts`` up to the end offsets of the first fetch; or
     until nothing came for ``_IDLE_S`` (``timeout`` before every partition's first fetch)."""
-    consumer.assign([TopicPartition(topic, index, offset) for index, offset in starts.items()])
+    reader.assign({Partition(topic, index): offset for index, offset in starts.items()})
     ends: dict[int, int] = {}
     position = dict(starts)
     last = time.monotonic()
-    while not _reached(consumer, topic, position, ends):
+    while not _reached(reader, topic, position, ends):
         if time.monotonic() - last > (_IDLE_S if len(ends) == len(position) else timeout):
             return
-        batch = [envelope_of(message) for message in consumer.consume(500, 0.1) if _ok(message)]
+        try:
+            batch = reader.consume(500, 0.1)
+        except KafkaClientError as exc:  # the topic is gone or unreadable
+            raise DlqError(str(exc)) from exc
         for letter in batch:
             position[letter.partition.index] = letter.offset + 1
         if batch:
@@ -117,25 +109,8 @@ def read_letters(
 
 
 def _reached(
-    consumer: confluent_kafka.Consumer, topic: str, position: dict[int, int], ends: dict[int, int]
+    reader: PartitionReader, topic: str, position: dict[int, int], ends: dict[int, int]
 ) -> bool:
-    for index in position.keys() - ends.keys():
-        high = consumer.get_watermark_offsets(TopicPartition(topic, index), cached=True)[1]
-        if high >= 0:
-            ends[index] = high
+    unknown = [Partition(topic, index) for index in position.keys() - ends.keys()]
+    ends.update((p.index, end) for p, end in reader.fetched_ends(unknown).items())
     return len(ends) == len(position) and all(position[i] >= ends[i] for i in position)
-
-
-def _ok(message: confluent_kafka.Message) -> bool:
-    error = message.error()
-    if error is None:
-        return True
-    if error.fatal() or error.code() in _READ_ERRORS:
-        raise DlqError(f"reading {message.topic()}: {error.str()}")
-    return False  # end of partition, transient errors: librdkafka retries by itself
-
-
-def error_reason(exc: KafkaException) -> str:
-    """The librdkafka reason inside ``exc``."""
-    error = exc.args[0] if exc.args else exc
-    return error.str() if isinstance(error, KafkaError) else str(error)

@@ -18,24 +18,22 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
-import confluent_kafka
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
-
 from pipelines.config import Settings
 from stream.dlq._common import (
     TIMEOUT_S,
     broker_address,
-    error_reason,
     error_type_of,
     failed_at,
-    open_consumer,
+    open_reader,
     partition_count,
     read_letters,
 )
-from stream.errors import DlqError
-from stream.headers import ERROR_HEADERS, ORIGINAL_BYTES, REPLAYED_FROM
+from stream.errors import CommitFailed, DlqError, KafkaClientError
+from stream.headers import DROPPED_HEADERS, ERROR_HEADERS, ORIGINAL_BYTES, REPLAYED_FROM
+from stream.kafka.clients import KafkaProducer
 from stream.kafka.config import dlq_producer_config
-from stream.types import Envelope, Headers
+from stream.kafka.readers import PartitionReader
+from stream.types import Envelope, Headers, Partition
 
 __all__ = [
     "ReplayOptions",
@@ -46,7 +44,7 @@ __all__ = [
     "replay_headers",
 ]
 
-_DROPPED = frozenset({*ERROR_HEADERS, ORIGINAL_BYTES, REPLAYED_FROM})
+_DROPPED = frozenset({*ERROR_HEADERS, ORIGINAL_BYTES, DROPPED_HEADERS, REPLAYED_FROM})
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 _FLUSH_S = 60.0  # acknowledgements of one batch of replays (up to 500 records)
@@ -111,7 +109,7 @@ class ReplayOptions:
 
 
 def _start_offsets(
-    consumer: confluent_kafka.Consumer,
+    reader: PartitionReader,
     topic: str,
     partitions: int,
     since: datetime | None,
@@ -120,20 +118,14 @@ def _start_offsets(
     """Where to start per partition: the group's committed offset, else the first one; with
     ``since`` no earlier than its offsets_for_times answer (a partition with none is left out).
     """
-    tps = [TopicPartition(topic, index) for index in range(partitions)]
-    committed = {tp.partition: tp.offset for tp in consumer.committed(tps, timeout=timeout)}
-    starts = {
-        index: max(committed[index], consumer.get_watermark_offsets(tp, timeout=timeout)[0])
-        for index, tp in enumerate(tps)
-    }
+    wanted = [Partition(topic, index) for index in range(partitions)]
+    committed = reader.committed(wanted, timeout)
+    starts = {p.index: max(committed[p], reader.watermarks(p, timeout)[0]) for p in wanted}
     if since is not None:
-        ms = int(since.timestamp() * 1000)
-        hint = [TopicPartition(topic, index, ms) for index in range(partitions)]
-        for tp in consumer.offsets_for_times(hint, timeout=timeout):
-            if tp.offset < 0:  # no record at or after `since`
-                starts.pop(tp.partition)
-            else:
-                starts[tp.partition] = max(starts[tp.partition], tp.offset)
+        found = reader.offsets_for_times(wanted, int(since.timestamp() * 1000), timeout)
+        starts = {  # a partition with no record at or after `since` is left out
+            p.index: max(starts[p.index], found[p]) for p in wanted if p in found
+        }
     return starts
 
 
@@ -170,15 +162,15 @@ class _Replayer:
 
     def __init__(
         self,
-        consumer: confluent_kafka.Consumer,
-        producer: confluent_kafka.Producer | None,
+        reader: PartitionReader,
+        producer: KafkaProducer | None,
         options: ReplayOptions,
         summary: ReplaySummary,
         *,
         input_partitions: int,
         starts: dict[int, int],
     ) -> None:
-        self._consumer, self._producer = consumer, producer
+        self._reader, self._producer = reader, producer
         self._options, self._summary = options, summary
         self._input_partitions = input_partitions
         self._cursor, self._committed = dict(starts), dict(starts)
@@ -219,23 +211,14 @@ class _Replayer:
             return
         where = (letter.partition.index, letter.offset)
         self._sent.append(where)
-        partition = self._target_partition(letter)
-        while True:
-            try:
-                self._producer.produce(
-                    self._summary.target,
-                    letter.value,
-                    key=letter.key,
-                    headers=list(replay_headers(letter)),
-                    partition=-1 if partition is None else partition,  # -1: by key
-                    on_delivery=partial(self._delivered, where),
-                )
-                return
-            except BufferError:
-                self._producer.poll(0.05)  # local queue full: let deliveries drain
-            except KafkaException as exc:
-                self._errors[where] = error_reason(exc)
-                return
+        self._producer.produce(
+            self._summary.target,
+            letter.value,
+            key=letter.key,
+            headers=replay_headers(letter),
+            partition=self._target_partition(letter),
+            on_delivery=partial(self._delivered, where),
+        )
 
     def _target_partition(self, letter: Envelope) -> int | None:
         """The request's own partition when it came from this input topic, else by key."""
@@ -244,12 +227,11 @@ class _Replayer:
             return None
         return int(index) if int(index) < self._input_partitions else None
 
-    def _delivered(self, where: tuple[int, int], error: KafkaError | None, message: object) -> None:
-        del message
+    def _delivered(self, where: tuple[int, int], error: str | None) -> None:
         if error is None:
             self._acked.add(where)
         else:
-            self._errors[where] = error.str()
+            self._errors[where] = error
 
     def _settle(self) -> None:
         """Wait for acknowledgements, then commit up to the first unacknowledged replay."""
@@ -264,8 +246,8 @@ class _Replayer:
         moved = {i: o for i, o in offsets.items() if o > self._committed[i]}
         if moved:
             topic = self._summary.source
-            tps = [TopicPartition(topic, index, offset) for index, offset in moved.items()]
-            self._consumer.commit(offsets=tps, asynchronous=False)
+            commit = {Partition(topic, index): offset for index, offset in moved.items()}
+            self._reader.commit(commit, asynchronous=False)
             self._committed.update(moved)
         if failed:
             index, offset = failed[0]
@@ -286,19 +268,19 @@ def replay(settings: Settings, options: ReplayOptions, *, timeout: float = 0) ->
     input_partitions = partition_count(kafka, bootstrap, "input_topic", timeout)
     group = replay_group(kafka.group_id, options.error_types)
     summary = ReplaySummary(kafka.dead_letter_topic, kafka.input_topic, group, options.dry_run)
-    consumer = open_consumer(kafka, bootstrap, group)
+    reader = open_reader(kafka, bootstrap, group)
     producer = None
     if not options.dry_run:
-        producer = confluent_kafka.Producer(dlq_producer_config(kafka, bootstrap))
+        producer = KafkaProducer(dlq_producer_config(kafka, bootstrap))
     try:
         topic = kafka.dead_letter_topic
-        starts = _start_offsets(consumer, topic, dlq_partitions, options.since, timeout)
+        starts = _start_offsets(reader, topic, dlq_partitions, options.since, timeout)
         replayer = _Replayer(
-            consumer, producer, options, summary, input_partitions=input_partitions, starts=starts
+            reader, producer, options, summary, input_partitions=input_partitions, starts=starts
         )
-        replayer.run(read_letters(consumer, topic, starts, timeout))
-    except KafkaException as exc:
-        raise DlqError(f"dead-letter replay from {bootstrap}: {error_reason(exc)}") from exc
+        replayer.run(read_letters(reader, topic, starts, timeout))
+    except (KafkaClientError, CommitFailed) as exc:
+        raise DlqError(f"dead-letter replay from {bootstrap}: {exc}") from exc
     finally:
-        consumer.close()
+        reader.close()
     return summary

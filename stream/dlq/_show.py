@@ -7,23 +7,12 @@ from collections.abc import Iterable
 from datetime import datetime
 
 import pyarrow as pa
-from confluent_kafka import KafkaException, TopicPartition
 
 from pipelines.config import Settings
 from stream import headers
-from stream.dlq._common import (
-    TIMEOUT_S,
-    broker_address,
-    error_reason,
-    error_type_of,
-    failed_at,
-    open_consumer,
-    partition_count,
-    read_letters,
-    text_of,
-)
-from stream.errors import DlqError
-from stream.types import Envelope
+from stream.dlq import _common
+from stream.errors import DlqError, KafkaClientError
+from stream.types import Envelope, Partition
 
 __all__ = ["format_age", "read_dead_letters", "show_table"]
 
@@ -42,13 +31,13 @@ def show_table(letters: Iterable[Envelope], now: datetime) -> pa.Table:
         {
             "partition": letter.partition.index,
             "offset": letter.offset,
-            "error_type": error_type_of(letter),
+            "error_type": _common.error_type_of(letter),
             "message": " ".join((letter.header_text(headers.ERROR_MESSAGE) or "").split()),
             "step": letter.header_text(headers.ERROR_STEP) or "-",
             "attempts": letter.header_text("x-attempts") or "-",
             "source": _source(letter),
-            "age": format_age((now - failed_at(letter)).total_seconds()),
-            "key": text_of(letter.key),
+            "age": format_age((now - _common.failed_at(letter)).total_seconds()),
+            "key": _common.text_of(letter.key),
         }
         for letter in letters
     ]
@@ -72,25 +61,27 @@ def read_dead_letters(
 
     Reads the whole topic from its first offset, assigned by hand: no group join, no commit.
     """
-    timeout = timeout or TIMEOUT_S
+    timeout = timeout or _common.TIMEOUT_S
     kafka = settings.kafka
-    bootstrap = broker_address(kafka)
+    bootstrap = _common.broker_address(kafka)
     topic = kafka.dead_letter_topic
-    partitions = partition_count(kafka, bootstrap, "dead_letter_topic", timeout)
-    consumer = open_consumer(kafka, bootstrap, f"{kafka.group_id}-dlq-show")
+    partitions = _common.partition_count(kafka, bootstrap, "dead_letter_topic", timeout)
+    reader = _common.open_reader(kafka, bootstrap, f"{kafka.group_id}-dlq-show")
     newest: list[Envelope] = []
     count = 0
     try:
         starts = {
-            index: consumer.get_watermark_offsets(TopicPartition(topic, index), timeout=timeout)[0]
+            index: reader.watermarks(Partition(topic, index), timeout)[0]
             for index in range(partitions)
         }
-        for batch in read_letters(consumer, topic, starts, timeout):
-            matching = [d for d in batch if not error_types or error_type_of(d) in error_types]
+        for batch in _common.read_letters(reader, topic, starts, timeout):
+            matching = [
+                d for d in batch if not error_types or _common.error_type_of(d) in error_types
+            ]
             count += len(matching)
-            newest = heapq.nlargest(limit, [*newest, *matching], key=failed_at)
-    except KafkaException as exc:
-        raise DlqError(f"reading {topic} from {bootstrap}: {error_reason(exc)}") from exc
+            newest = heapq.nlargest(limit, [*newest, *matching], key=_common.failed_at)
+    except KafkaClientError as exc:
+        raise DlqError(f"reading {topic} from {bootstrap}: {exc}") from exc
     finally:
-        consumer.close()
-    return sorted(newest, key=failed_at), count
+        reader.close()
+    return sorted(newest, key=_common.failed_at), count

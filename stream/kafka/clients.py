@@ -1,31 +1,64 @@
 """The worker's view of Kafka: two small protocols and their confluent-kafka implementation.
 
-The librdkafka configs they are built from come from :mod:`stream.kafka.config`.
+The librdkafka configs they are built from come from :mod:`stream.kafka.config`. librdkafka's
+errors become :mod:`stream.errors` here: a refused commit :class:`~stream.errors.CommitFailed`,
+a transaction that must be aborted :class:`~stream.errors.TransactionAborted` (once aborted),
+any other failed call :class:`~stream.errors.KafkaClientError`.
+
+Three things the adapters guarantee that librdkafka alone does not:
+
+- :meth:`KafkaConsumer.consume` never returns a message of a partition revoked while it ran
+  (its new owner reads it again from the committed offset);
+- a message whose header names are not UTF-8, which confluent-kafka cannot read, still becomes
+  an :class:`Envelope`: one whose ``content-type`` the decoder refuses, naming the header, so
+  that it is dead-lettered (:func:`envelope_of`);
+- nothing blocks without bound: :meth:`KafkaProducer.produce` gives up on a full queue once
+  the worker is stopping, and :meth:`KafkaConsumer.close` waits at most a few seconds for a
+  broker that does not answer.
 """
 
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import confluent_kafka
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
+from stream.errors import CommitFailed, KafkaClientError, TransactionAborted
+from stream.headers import UNREADABLE_HEADERS
+from stream.kafka.config import with_commit_callback, with_error_callback
 from stream.types import Envelope, Headers, Partition
 
 __all__ = [
+    "CommitCallback",
     "Consumer",
     "DeliveryCallback",
+    "ErrorCallback",
     "KafkaConsumer",
     "KafkaProducer",
     "Producer",
     "RebalanceCallback",
+    "TransactionalProducer",
     "envelope_of",
+    "reason_of",
 ]
 
 DeliveryCallback = Callable[[str | None], None]  # the error text, or None when acknowledged
 RebalanceCallback = Callable[[list[Partition]], None]
+ErrorCallback = Callable[[str], None]  # the text of an error no call returned
+# How an asynchronous commit ended: the offsets the broker stored, and the error of those it
+# did not store (None when it stored them all).
+CommitCallback = Callable[[dict[Partition, int], str | None], None]
+
+# The header that marks a message whose headers could not be read (see envelope_of).
+_CLOSE_TIMEOUT_S = 10.0
+
+
+def _never() -> bool:
+    return False
 
 
 class Consumer(Protocol):
@@ -37,7 +70,18 @@ class Consumer(Protocol):
 
     def consume(self, max_messages: int, timeout: float) -> list[Envelope]: ...
 
-    def commit(self, offsets: Mapping[Partition, int], *, asynchronous: bool) -> None: ...
+    def commit(self, offsets: Mapping[Partition, int], *, asynchronous: bool) -> None:
+        """Commit ``offsets`` (the next offset to read); CommitFailed when it is refused.
+
+        An asynchronous commit only starts here: how it ended goes to the callback of
+        :meth:`watch_commits`. A synchronous one waits (on a broker that does not answer, up
+        to about ``session.timeout.ms``).
+        """
+        ...
+
+    def watch_commits(self, callback: CommitCallback) -> None:
+        """Have ``callback`` hear how each asynchronous commit ended, inside a later consume."""
+        ...
 
     def pause(self, partitions: Sequence[Partition]) -> None: ...
 
@@ -77,13 +121,44 @@ class Producer(Protocol):
     def partitions_for(self, topic: str) -> int: ...
 
 
-class KafkaConsumer:
-    """A confluent-kafka consumer speaking in :class:`Envelope` and :class:`Partition`."""
+class TransactionalProducer(Producer, Protocol):
+    """A producer with the transaction calls of exactly-once mode."""
 
-    def __init__(self, config: Mapping[str, Any]) -> None:
-        self._consumer = confluent_kafka.Consumer(dict(config))
+    def init_transactions(self, timeout: float) -> None:
+        """Register the transactional id, fencing off an older producer that used it."""
+        ...
+
+    def begin_transaction(self) -> None: ...
+
+    def commit_transaction(
+        self, offsets: Mapping[Partition, int], group: object, timeout: float
+    ) -> None:
+        """Commit the open transaction with the consumer ``group``'s ``offsets`` in it.
+
+        TransactionAborted when it had to be aborted (it is then); KafkaClientError when it
+        could not be committed for another reason (timed out, fenced: a fatal error).
+        """
+        ...
+
+
+class KafkaConsumer:
+    """A confluent-kafka consumer speaking in :class:`Envelope` and :class:`Partition`.
+
+    ``on_error`` hears of the errors no call returns: client-level ones (a broker down) and
+    those of single messages, which are skipped (librdkafka retries by itself). A fatal error
+    is a KafkaClientError.
+    """
+
+    _UNREADABLE: frozenset[int] = frozenset()  # message error codes that stop reading too
+
+    def __init__(self, config: Mapping[str, Any], *, on_error: ErrorCallback | None = None) -> None:
+        config = with_commit_callback(_with_errors(config, on_error), self._commit_done)
+        self._consumer = confluent_kafka.Consumer(config)
+        self._report = on_error or _ignore_error
         self._on_assign: RebalanceCallback = _ignore
         self._on_revoke: RebalanceCallback = _ignore
+        self._on_commit: CommitCallback = _ignore_commit
+        self._revoked_now: set[tuple[str, int]] = set()  # during the consume() call running
 
     def subscribe(
         self, topics: Sequence[str], on_assign: RebalanceCallback, on_revoke: RebalanceCallback
@@ -99,30 +174,42 @@ class KafkaConsumer:
         first = self._consumer.poll(timeout)
         if first is None:
             return []
-        rest = (
-            self._consumer.consume(num_messages=max_messages - 1, timeout=0)
-            if max_messages > 1
-            else []
-        )
+        if max_messages == 1:
+            return self._envelopes([first])
+        self._revoked_now = set()
+        rest = self._consumer.consume(num_messages=max_messages - 1, timeout=0)
+        if (first.topic(), first.partition()) in self._revoked_now:
+            # Its partition was revoked by a rebalance callback of consume(), after poll()
+            # returned it: its new owner reads it again from the committed offset. (librdkafka
+            # itself drops the messages of a revoked partition fetched within one call.)
+            return self._envelopes(rest)
+        return self._envelopes([first, *rest])
+
+    def _envelopes(self, messages: list[confluent_kafka.Message]) -> list[Envelope]:
         envelopes = []
-        for message in [first, *rest]:
+        for message in messages:
             error = message.error()
-            if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    continue
-                if error.fatal():
-                    raise KafkaException(error)
-                continue  # transient: librdkafka retries by itself
-            envelopes.append(envelope_of(message))
+            if error is None:
+                envelopes.append(envelope_of(message))
+            elif error.code() != KafkaError._PARTITION_EOF:
+                if error.fatal() or error.code() in self._UNREADABLE:
+                    raise KafkaClientError(f"reading {message.topic()}: {error.str()}")
+                self._report(error.str())  # transient: librdkafka retries by itself
         return envelopes
 
     def commit(self, offsets: Mapping[Partition, int], *, asynchronous: bool) -> None:
         if not offsets:
             return
-        if asynchronous:
-            self._consumer.commit(offsets=_topic_partitions(offsets), asynchronous=True)
-        else:
-            self._consumer.commit(offsets=_topic_partitions(offsets), asynchronous=False)
+        try:
+            if asynchronous:
+                self._consumer.commit(offsets=_topic_partitions(offsets), asynchronous=True)
+            else:
+                self._consumer.commit(offsets=_topic_partitions(offsets), asynchronous=False)
+        except KafkaException as exc:
+            raise CommitFailed(reason_of(exc)) from exc
+
+    def watch_commits(self, callback: CommitCallback) -> None:
+        self._on_commit = callback
 
     def pause(self, partitions: Sequence[Partition]) -> None:
         if partitions:
@@ -158,14 +245,44 @@ class KafkaConsumer:
         return self._consumer.consumer_group_metadata()
 
     def committed(self, partitions: Sequence[Partition], timeout: float) -> dict[Partition, int]:
-        found = self._consumer.committed(_topic_partitions({p: -1 for p in partitions}), timeout)
+        """The group's committed offsets (negative where it committed none)."""
+        try:
+            found = self._consumer.committed(
+                _topic_partitions({p: -1 for p in partitions}), timeout=timeout
+            )
+        except KafkaException as exc:
+            raise KafkaClientError(reason_of(exc)) from exc
         return {Partition(tp.topic, tp.partition): tp.offset for tp in found}
 
     def seek(self, partition: Partition, offset: int) -> None:
         self._consumer.seek(TopicPartition(partition.topic, partition.index, offset))
 
-    def close(self) -> None:
-        self._consumer.close()
+    def close(self, timeout: float = _CLOSE_TIMEOUT_S) -> None:
+        """Leave the group (``on_revoke`` runs here), waiting at most ``timeout`` seconds.
+
+        librdkafka's close can wait for ever for the answer to a commit sent just before the
+        broker went away; then the consumer is left behind, unclosed, and ``on_error`` hears
+        of it. An exception of ``on_revoke`` is raised here.
+        """
+        failed: list[BaseException] = []
+        closing = threading.Thread(
+            target=self._close, args=(failed,), name="headrace-consumer-close", daemon=True
+        )
+        closing.start()
+        closing.join(timeout)
+        if closing.is_alive():
+            self._report(
+                f"the consumer did not leave its group within {timeout:g} s (is the broker "
+                "reachable?); leaving it behind"
+            )
+        elif failed:
+            raise failed[0]
+
+    def _close(self, failed: list[BaseException]) -> None:
+        try:
+            self._consumer.close()
+        except BaseException as exc:  # raised in the caller's thread by close()
+            failed.append(exc)
 
     def _assigned(self, consumer: object, partitions: list[TopicPartition]) -> None:
         del consumer
@@ -173,20 +290,44 @@ class KafkaConsumer:
 
     def _revoked(self, consumer: object, partitions: list[TopicPartition]) -> None:
         del consumer
+        self._revoked_now.update((tp.topic, tp.partition) for tp in partitions)
         self._on_revoke([Partition(tp.topic, tp.partition) for tp in partitions])
+
+    def _commit_done(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """confluent-kafka's ``on_commit``: how an asynchronous commit ended."""
+        failure = error or next((tp.error for tp in partitions if tp.error is not None), None)
+        stored = (
+            {}
+            if error is not None
+            else {
+                Partition(tp.topic, tp.partition): tp.offset
+                for tp in partitions
+                if tp.error is None
+            }
+        )
+        self._on_commit(stored, None if failure is None else failure.str())
 
 
 class KafkaProducer:
-    """A confluent-kafka producer; blocks politely when its local queue is full."""
+    """A confluent-kafka producer; blocks politely when its local queue is full.
 
-    def __init__(self, config: Mapping[str, Any]) -> None:
-        self._producer = confluent_kafka.Producer(dict(config))
+    ``on_error`` hears of client-level errors (a broker down). Once ``stopping()`` is true, a
+    record that finds the queue full is not produced: its delivery fails at once with
+    ``_QUEUE_FULL`` (transient; a stopping worker leaves it uncommitted). With a
+    ``transactional.id`` in its config it offers the transaction calls of exactly-once mode.
+    """
+
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        *,
+        on_error: ErrorCallback | None = None,
+        stopping: Callable[[], bool] = _never,
+    ) -> None:
+        self._producer = confluent_kafka.Producer(_with_errors(config, on_error))
         self._partitions: dict[str, int] = {}
-
-    @property
-    def transactional(self) -> confluent_kafka.Producer:
-        """The underlying producer, for the transaction calls of exactly-once mode."""
-        return self._producer
+        self._stopping = stopping
+        self._transactional_id = config.get("transactional.id")
 
     def produce(
         self,
@@ -207,6 +348,9 @@ class KafkaProducer:
                 )
                 return
             except BufferError:
+                if self._stopping():  # a dead broker must not hold up SIGTERM
+                    on_delivery("_QUEUE_FULL: Local: Queue full; not produced: stopping")
+                    return
                 self._producer.poll(0.05)  # local queue full: let deliveries drain
             except KafkaException as exc:
                 # refused before it left the process (e.g. MSG_SIZE_TOO_LARGE): same path
@@ -216,7 +360,10 @@ class KafkaProducer:
                 return
 
     def poll(self, timeout: float) -> None:
-        self._producer.poll(timeout)
+        try:
+            self._producer.poll(timeout)
+        except KafkaException as exc:
+            raise KafkaClientError(reason_of(exc)) from exc
 
     def flush(self, timeout: float) -> int:
         return int(self._producer.flush(timeout))
@@ -232,27 +379,104 @@ class KafkaProducer:
             self._partitions[topic] = count
         return self._partitions[topic]
 
+    def init_transactions(self, timeout: float) -> None:
+        """Register the transactional id, fencing off an older producer that used it."""
+        try:
+            self._producer.init_transactions(timeout)
+        except KafkaException as exc:
+            raise KafkaClientError(f"initialising transactions: {reason_of(exc)}") from exc
+
+    def begin_transaction(self) -> None:
+        try:
+            self._producer.begin_transaction()
+        except KafkaException as exc:
+            raise KafkaClientError(f"beginning a transaction: {reason_of(exc)}") from exc
+
+    def commit_transaction(
+        self, offsets: Mapping[Partition, int], group: object, timeout: float
+    ) -> None:
+        """Commit the open transaction with the consumer ``group``'s ``offsets`` in it.
+
+        ``group`` is the consumer's :meth:`KafkaConsumer.group_metadata`. TransactionAborted
+        when librdkafka says the transaction must be aborted (it is then); KafkaClientError
+        for any other failure (a timeout, a fatal error such as being fenced).
+        """
+        try:
+            if offsets:
+                self._producer.send_offsets_to_transaction(
+                    _topic_partitions(offsets), group, timeout
+                )
+            self._producer.commit_transaction(timeout)
+        except KafkaException as exc:
+            error = exc.args[0]
+            if not error.txn_requires_abort():
+                raise KafkaClientError(f"committing a transaction: {self._why(error)}") from exc
+            try:
+                self._producer.abort_transaction(timeout)
+            except KafkaException as abort:
+                raise KafkaClientError(
+                    f"aborting a transaction ({self._why(error)}): {reason_of(abort)}"
+                ) from abort
+            raise TransactionAborted(self._why(error)) from exc
+
+    def _why(self, error: KafkaError) -> str:
+        if error.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED):
+            return (
+                f"{error.str()}: another producer took over transactional.id "
+                f"'{self._transactional_id}' (do two workers share it? give each its own "
+                "kafka.instance_id or HEADRACE_REPLICA_INDEX)"
+            )
+        return str(error.str())
+
 
 def envelope_of(message: confluent_kafka.Message) -> Envelope:
-    """A consumed message as an :class:`Envelope` (the message had no error)."""
+    """A consumed message as an :class:`Envelope` (the message had no error).
+
+    confluent-kafka cannot read headers whose name is not UTF-8 (``headers()`` raises
+    SystemError from a UnicodeDecodeError); such a message gets headers of its own instead:
+    :data:`stream.headers.UNREADABLE_HEADERS`, naming the header, which the decoder refuses,
+    so that the request is dead-lettered as a ``decode_error``.
+    """
     topic, index, offset = message.topic(), message.partition(), message.offset()
     assert topic is not None and index is not None and offset is not None
-    raw = message.headers()
-    headers: Headers = ()
-    if raw:
-        pairs = raw.items() if isinstance(raw, dict) else raw
-        headers = tuple(
-            (name, value.encode() if isinstance(value, str) else (value or b""))
-            for name, value in pairs
-        )
     return Envelope(
         partition=_partition(topic, index),
         offset=offset,
         key=message.key(),
         value=message.value() or b"",
-        headers=headers,
+        headers=_headers(message),
         timestamp_ms=message.timestamp()[1],
     )
+
+
+def _headers(message: confluent_kafka.Message) -> Headers:
+    try:
+        raw = message.headers()
+    except (SystemError, UnicodeDecodeError) as exc:
+        return _unreadable(exc)
+    if not raw:
+        return ()
+    pairs = raw.items() if isinstance(raw, dict) else raw
+    return tuple(
+        (name, value.encode() if isinstance(value, str) else (value or b""))
+        for name, value in pairs
+    )
+
+
+def _unreadable(exc: Exception) -> Headers:
+    cause = exc if isinstance(exc, UnicodeDecodeError) else exc.__cause__ or exc.__context__
+    if isinstance(cause, UnicodeDecodeError):
+        what = f"header name '{_printable(bytes(cause.object))}' is not valid UTF-8"
+    else:
+        what = f"{type(exc).__name__}: {exc}"
+    text = f"unreadable headers ({what}); the request's headers are lost".encode()
+    return ((UNREADABLE_HEADERS, text),)
+
+
+def _printable(raw: bytes) -> str:
+    """``raw`` as text: its UTF-8 as it is, every other byte as ``<ff>``."""
+    text = raw.decode("utf-8", "surrogateescape")
+    return "".join(f"<{ord(c) - 0xDC00:02x}>" if "\udc80" <= c <= "\udcff" else c for c in text)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -260,8 +484,37 @@ def _partition(topic: str, index: int) -> Partition:
     return Partition(topic, index)
 
 
+def reason_of(exc: KafkaException) -> str:
+    """The librdkafka reason inside ``exc``."""
+    error = exc.args[0] if exc.args else exc
+    return error.str() if isinstance(error, KafkaError) else str(error)
+
+
 def _ignore(partitions: list[Partition]) -> None:
     del partitions
+
+
+def _ignore_error(text: str) -> None:
+    del text
+
+
+def _ignore_commit(offsets: dict[Partition, int], error: str | None) -> None:
+    del offsets, error
+
+
+class _ErrorText:
+    """confluent-kafka's error callback: hands on each error's text."""
+
+    def __init__(self, on_error: ErrorCallback) -> None:
+        self._on_error = on_error
+
+    def __call__(self, error: KafkaError) -> None:
+        if error.code() != KafkaError._ALL_BROKERS_DOWN:  # says less than the error before it
+            self._on_error(error.str())
+
+
+def _with_errors(config: Mapping[str, Any], on_error: ErrorCallback | None) -> dict[str, Any]:
+    return dict(config) if on_error is None else with_error_callback(config, _ErrorText(on_error))
 
 
 _ANY_PARTITION = -1  # librdkafka's RD_KAFKA_PARTITION_UA: the partitioner picks (by key)

@@ -4,7 +4,8 @@ The settings become librdkafka's dotted keys here and nowhere else; ``kafka.prop
 passed through verbatim on top (security.protocol, sasl.*, ssl.* ...), less the keys that the
 other client kind owns. Each client of headrace has its builder: the worker's consumer and
 producer, the client SDK's reply reader and request producer, the dead-letter commands'
-reader, and the admin client.
+reader, and the admin client; :func:`with_error_callback` and :func:`with_commit_callback` add
+confluent-kafka's hooks.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ __all__ = [
     "reply_consumer_config",
     "request_producer_config",
     "topic_config",
+    "transaction_timeout_ms",
+    "with_commit_callback",
+    "with_error_callback",
     "worker_consumer_config",
     "worker_producer_config",
 ]
@@ -35,6 +39,8 @@ Config = dict[str, str | int | float | bool]
 # Headroom librdkafka adds to a message (headers, record framing) on top of its value: a
 # producer and a topic allow kafka.max_message_bytes plus this.
 FRAMING_BYTES = 64 * 1024
+_DEFAULT_MAX_POLL_INTERVAL_MS = 300_000  # librdkafka's
+_PUBLISH_AND_COMMIT_S = 30.0  # on top of a batch's serving, before the next poll
 
 # Defaults that work on real Kafka and on the embedded broker alike. The session timeout is
 # the smallest a stock Kafka broker allows (group.min.session.timeout.ms = 6000).
@@ -127,22 +133,49 @@ _PRODUCER_ONLY = (  # the "P" properties of librdkafka's CONFIGURATION.md
 )
 
 
-def worker_consumer_config(settings: Settings, bootstrap: str) -> Config:
-    """The worker's group consumer (read_committed under exactly_once)."""
+def worker_consumer_config(
+    settings: Settings, bootstrap: str, *, max_serve_s: float = 0.0
+) -> Config:
+    """The worker's group consumer (read_committed under exactly_once).
+
+    ``max_serve_s`` is the longest one micro-batch may take (a hanging step, isolated by
+    bisection, has a bound: ``Pipeline.max_serve_seconds``): the consumer's
+    ``max.poll.interval.ms`` is kept above it, with room to publish and commit, so a worker
+    busy isolating a hanging step keeps its group membership (heartbeats run on librdkafka's
+    own thread). ``kafka.properties`` can set it explicitly.
+    """
     overrides: Config = {}
     if settings.processing.guarantee == "exactly_once":
         overrides["isolation.level"] = "read_committed"
+    needed_ms = int((max_serve_s + _PUBLISH_AND_COMMIT_S) * 1000)
+    chosen = "max.poll.interval.ms" in settings.kafka.properties
+    if needed_ms > _DEFAULT_MAX_POLL_INTERVAL_MS and not chosen:
+        overrides["max.poll.interval.ms"] = needed_ms
     return consumer_config(settings.kafka, bootstrap, **overrides)
 
 
 def worker_producer_config(
     settings: Settings, bootstrap: str, *, transactional_id: str | None = None
 ) -> Config:
-    """The worker's idempotent producer; transactional when given a ``transactional_id``."""
+    """The worker's idempotent producer; transactional when given a ``transactional_id``.
+
+    A transaction left open by a worker that died is aborted by the broker after
+    ``transaction.timeout.ms`` (:func:`transaction_timeout_ms`; ``kafka.properties`` may set
+    it), or at once when a worker with the same ``transactional_id`` starts.
+    """
     overrides: Config = {"message.max.bytes": _message_limit(settings.kafka)}
     if transactional_id is not None:
         overrides["transactional.id"] = transactional_id
+        properties = settings.kafka.librdkafka_properties()
+        timeout = properties.get("transaction.timeout.ms", transaction_timeout_ms(settings))
+        overrides["transaction.timeout.ms"] = timeout
     return producer_config(settings.kafka, bootstrap, **overrides)
+
+
+def transaction_timeout_ms(settings: Settings) -> int:
+    """How long a transaction may stay open: 10 commit intervals, at least 10 s (time to flush
+    and commit on a busy broker), at most 5 minutes (brokers allow up to 15 by default)."""
+    return min(max(10 * settings.processing.commit_interval_ms, 10_000), 300_000)
 
 
 def reply_consumer_config(settings: KafkaSettings, bootstrap: str) -> Config:
@@ -185,6 +218,18 @@ def dlq_producer_config(settings: KafkaSettings, bootstrap: str) -> Config:
 def admin_config(bootstrap: str, properties: Mapping[str, Any] | None = None) -> Config:
     """An admin client (topics, metadata probes); librdkafka's retry chatter stays quiet."""
     return {"log_level": 2, **(properties or {}), "bootstrap.servers": bootstrap}
+
+
+def with_error_callback(config: Mapping[str, Any], callback: object) -> dict[str, Any]:
+    """``config`` plus confluent-kafka's ``error_cb``: ``callback(KafkaError)`` hears of the
+    client-level errors no call returns (broker down, authentication failed)."""
+    return {**config, "error_cb": callback}
+
+
+def with_commit_callback(config: Mapping[str, Any], callback: object) -> dict[str, Any]:
+    """``config`` plus confluent-kafka's ``on_commit``: ``callback(KafkaError | None,
+    [TopicPartition])`` hears how each asynchronous commit ended (inside ``poll``/``consume``)."""
+    return {**config, "on_commit": callback}
 
 
 def topic_config(settings: KafkaSettings) -> dict[str, str]:

@@ -21,6 +21,7 @@ as they do with librdkafka; failures are scripted with :meth:`FakeProducer.fail_
 
 from __future__ import annotations
 
+import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -28,10 +29,11 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
 
+from stream.errors import CommitFailed
 from stream.types import Envelope, Headers, Partition
 
 if TYPE_CHECKING:
-    from stream.kafka.clients import DeliveryCallback, RebalanceCallback
+    from stream.kafka.clients import CommitCallback, DeliveryCallback, RebalanceCallback
 
 __all__ = [
     "Commit",
@@ -171,7 +173,13 @@ class FakeConsumer:
     the beginning (``auto.offset.reset=earliest``). ``consume`` returns records in offset order
     per partition, taking one partition after the other round-robin, and skips paused
     partitions. :meth:`revoke` and :meth:`assign` script a rebalance, which, as with
-    librdkafka, happens inside the next ``consume``. Every commit is kept in :attr:`commits`.
+    librdkafka, happens inside the next ``consume``. Every commit is kept in :attr:`commits`;
+    how an asynchronous one ended reaches the :meth:`watch_commits` callback inside the next
+    ``consume``, and :meth:`fail_commits` scripts refused ones.
+
+    As with librdkafka, :meth:`lag` knows only the partitions a record was consumed from,
+    :meth:`close` revokes the assignment (calling ``on_revoke``) before leaving the group,
+    and every call but ``close`` raises ``RuntimeError`` once the consumer is closed.
     """
 
     def __init__(self, broker: FakeBroker, group_id: str) -> None:
@@ -185,14 +193,19 @@ class FakeConsumer:
         self._on_revoke: RebalanceCallback | None = None
         self._assign_on_consume = False
         self._positions: dict[Partition, int] = {}
+        self._consumed: set[Partition] = set()  # a record was consumed: the position is known
         self._paused: set[Partition] = set()
         self._next = 0  # round-robin cursor into the assignment
         self._rebalances: deque[Callable[[], None]] = deque()  # run inside consume
+        self._on_commit: CommitCallback | None = None
+        self._commit_reports: deque[tuple[dict[Partition, int], str | None]] = deque()
+        self._commit_failures: deque[str] = deque()
 
     def subscribe(
         self, topics: Sequence[str], on_assign: RebalanceCallback, on_revoke: RebalanceCallback
     ) -> None:
         """Subscribe to ``topics``; their partitions are assigned on the next ``consume``."""
+        self._check_open()
         self._topics = list(topics)
         self._on_assign, self._on_revoke = on_assign, on_revoke
         self._assign_on_consume = True
@@ -210,23 +223,50 @@ class FakeConsumer:
                     for index in range(self.broker.partitions(topic))
                 ]
             )
+        while self._commit_reports:
+            report = self._commit_reports.popleft()
+            if self._on_commit is not None:
+                self._on_commit(*report)
         while self._rebalances:
             self._rebalances.popleft()()
         return self._fetch(max_messages)
 
     def commit(self, offsets: Mapping[Partition, int], *, asynchronous: bool) -> None:
-        """Store ``offsets`` on the broker for this group and record the call."""
+        """Store ``offsets`` on the broker for this group and record the call.
+
+        A commit scripted to fail stores nothing: a synchronous one raises CommitFailed, an
+        asynchronous one reports the error.
+        """
         self._check_open()
-        if offsets:
-            self.commits.append(Commit(dict(offsets), asynchronous))
+        if not offsets:
+            return
+        self.commits.append(Commit(dict(offsets), asynchronous))
+        error = self._commit_failures.popleft() if self._commit_failures else None
+        if error is None:
             self.broker.commit(self.group_id, offsets)
+        if not asynchronous and error is not None:
+            raise CommitFailed(error)
+        if asynchronous:
+            self._commit_reports.append(({} if error else dict(offsets), error))
+
+    def watch_commits(self, callback: CommitCallback) -> None:
+        """Have ``callback`` hear how each asynchronous commit ended, in the next ``consume``."""
+        self._on_commit = callback
+
+    def fail_commits(
+        self, count: int = 1, error: str = "_WAIT_COORD: Local: Waiting for coordinator"
+    ) -> None:
+        """Make the next ``count`` commits fail with ``error``, storing nothing."""
+        self._commit_failures.extend([error] * count)
 
     def pause(self, partitions: Sequence[Partition]) -> None:
         """Stop returning records of ``partitions`` until they are resumed."""
+        self._check_open()
         self._paused.update(partitions)
 
     def resume(self, partitions: Sequence[Partition]) -> None:
         """Return records of ``partitions`` again."""
+        self._check_open()
         self._paused.difference_update(partitions)
 
     def paused(self) -> list[Partition]:
@@ -235,24 +275,39 @@ class FakeConsumer:
 
     def assignment(self) -> list[Partition]:
         """The assigned partitions, sorted."""
+        self._check_open()
         return sorted(self._positions)
 
     def lag(self) -> dict[Partition, int]:
-        """Records between each assigned partition's position and its end."""
+        """Records between the position and the end of each assigned partition consumed from.
+
+        Like librdkafka, which knows a position only once a record of the partition was
+        consumed, partitions not consumed from since their assignment are left out.
+        """
+        self._check_open()
         return {
             partition: len(self.broker.messages(partition.topic, partition.index)) - position
             for partition, position in self._positions.items()
+            if partition in self._consumed
         }
 
     def reachable(self, timeout: float) -> str | None:
         """Always reachable, unless :attr:`unreachable` holds a reason."""
         del timeout
+        self._check_open()
         return self.unreachable
 
     def close(self) -> None:
-        """Leave the group; the consumer cannot be used afterwards."""
+        """Revoke the assignment (``on_revoke`` runs here, as in librdkafka) and leave the group.
+
+        Scripted rebalances not yet run are dropped; closing again does nothing.
+        """
+        if self.closed:
+            return
+        self._rebalances.clear()
+        if self._positions:
+            self._revoke_now(None)
         self.closed = True
-        self._positions.clear()
 
     def assign(self, partitions: Sequence[Partition]) -> None:
         """Assign ``partitions`` in the next ``consume`` and call ``on_assign`` there."""
@@ -283,6 +338,7 @@ class FakeConsumer:
             self._on_revoke(revoked)
         for partition in revoked:
             del self._positions[partition]
+            self._consumed.discard(partition)
             self._paused.discard(partition)
 
     def _fetch(self, max_messages: int) -> list[Envelope]:
@@ -300,6 +356,7 @@ class FakeConsumer:
             if records:
                 found += records
                 self._positions[partition] += 1
+                self._consumed.add(partition)
                 idle = 0
             else:
                 idle += 1
@@ -318,6 +375,11 @@ class _Outgoing:
     headers: Headers
     partition: int | None
     on_delivery: DeliveryCallback
+    timestamp_ms: int
+
+
+def _wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 class FakeProducer:
@@ -325,14 +387,23 @@ class FakeProducer:
 
     ``produce`` only queues; ``poll`` reports the deliveries queued before it was called and
     ``flush`` reports until the queue is empty (including records produced by delivery
-    callbacks). A delivered record is appended to its topic, at ``partition`` or else by key.
+    callbacks). A delivered record is appended to its topic, at ``partition`` or else by key,
+    stamped like librdkafka with the time of ``produce``: epoch milliseconds from
+    ``wall_clock_ms`` (the system clock unless given, e.g. :meth:`FakeClock.wall_ms`).
     Deliveries fail for a missing topic or partition, a value over ``max_message_bytes``,
     or as scripted with :meth:`fail_next`; :meth:`hold` keeps them unreported.
     """
 
-    def __init__(self, broker: FakeBroker, *, max_message_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        broker: FakeBroker,
+        *,
+        max_message_bytes: int | None = None,
+        wall_clock_ms: Callable[[], int] = _wall_clock_ms,
+    ) -> None:
         self.broker = broker
         self.max_message_bytes = max_message_bytes
+        self._wall_clock_ms = wall_clock_ms
         self._queue: deque[_Outgoing] = deque()
         self._failures: deque[tuple[str | None, str]] = deque()
         self._held = False
@@ -348,7 +419,9 @@ class FakeProducer:
         on_delivery: DeliveryCallback,
     ) -> None:
         """Queue a record; ``on_delivery`` is called from ``poll`` or ``flush``."""
-        self._queue.append(_Outgoing(topic, value, key, headers, partition, on_delivery))
+        self._queue.append(
+            _Outgoing(topic, value, key, headers, partition, on_delivery, self._wall_clock_ms())
+        )
 
     def poll(self, timeout: float) -> None:
         """Report the deliveries queued so far (none while held); never waits."""
@@ -414,6 +487,7 @@ class FakeProducer:
             key=outgoing.key,
             headers=outgoing.headers,
             partition=outgoing.partition,
+            timestamp_ms=outgoing.timestamp_ms,
         )
         return None
 

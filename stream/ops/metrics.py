@@ -59,49 +59,36 @@ class PrometheusMetrics:
         self.pipeline = pipeline
         r = self.registry
         self._requests = Counter(
-            "headrace_requests",
-            "Requests answered, by outcome.",
-            ["pipeline", "outcome"],
-            registry=r,
+            "headrace_requests", "Requests answered, by outcome.", _by("outcome"), registry=r
         )
-        self._rows = Counter("headrace_rows", "Rows served.", ["pipeline"], registry=r)
+        self._rows = Counter("headrace_rows", "Rows served.", _by(), registry=r)
         self._dead_letters = Counter(
-            "headrace_dead_letters",
-            "Dead letters, by error type.",
-            ["pipeline", "error_type"],
-            registry=r,
+            "headrace_dead_letters", "Dead letters, by error type.", _by("error_type"), registry=r
         )
         self._batch_rows = Histogram(
-            "headrace_batch_rows",
-            "Rows per micro-batch.",
-            ["pipeline"],
-            buckets=_ROW_BUCKETS,
-            registry=r,
+            "headrace_batch_rows", "Rows per micro-batch.", _by(), buckets=_ROW_BUCKETS, registry=r
         )
         self._step_seconds = Histogram(
             "headrace_step_seconds",
             "Time per step per micro-batch.",
-            ["pipeline", "step"],
+            _by("step"),
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
         self._latency = Histogram(
             "headrace_request_latency_seconds",
             "From the request's timestamp to its result being acknowledged.",
-            ["pipeline"],
+            _by(),
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
         self._inflight = Gauge(
-            "headrace_inflight_rows",
-            "Rows consumed and not yet acknowledged.",
-            ["pipeline"],
-            registry=r,
+            "headrace_inflight_rows", "Rows consumed and not yet acknowledged.", _by(), registry=r
         )
         self._lag = Gauge(
             "headrace_consumer_lag",
             "Messages behind the end of each input partition.",
-            ["pipeline", "partition"],
+            _by("partition"),
             registry=r,
         )
         self._served = self._requests.labels(pipeline, "served")
@@ -133,3 +120,8 @@ class PrometheusMetrics:
 
     def lag(self, partition: int, messages: int) -> None:
         self._lag.labels(self.pipeline, str(partition)).set(messages)
+
+
+def _by(*labels: str) -> list[str]:
+    """A metric's label names: the pipeline's, then ``labels``."""
+    return ["pipeline", *labels]

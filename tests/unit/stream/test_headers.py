@@ -7,8 +7,7 @@ from datetime import UTC, datetime
 from pipelines.errors import SchemaError, StepError
 from stream.headers import MAX_MESSAGE_HEADER, dead_letter_headers, result_headers
 from stream.types import Headers
-
-from .support import envelope, header
+from tests.unit.stream.support import envelope, header
 
 _REQUEST_HEADERS: Headers = (
     ("Content-Type", b"application/json; format=pandas-records"),
