@@ -60,7 +60,8 @@ def select(
     """The columns ``dataset`` asks for, less ``dataset_exclude``, named with ``separator``.
 
     Entries are groups (``time``, ``in``, ``out``, ``check_failures``, ``anomaly``,
-    ``metadata``), single columns (``out.dense_1``), or ``*`` for every group but ``metadata``.
+    ``metadata``, also spelled ``meta``), single columns (``out.dense_1``), or ``*`` for every
+    group but ``metadata``.
     """
     names = table.column_names
     wanted = _normalise(["*"] if dataset is None else dataset, separator, names)
@@ -102,6 +103,9 @@ def _normalise(entries: Iterable[str], separator: str, names: Sequence[str]) -> 
         entry = raw.strip()
         if entry not in known:
             entry = renamed.get(entry, entry)
+        group, dot, field = entry.partition(".")
+        if group == "meta":  # Wallaroo's documents name the metadata group `meta`
+            entry = f"metadata{dot}{field}"
         if entry:
             result.add(entry)
     return result

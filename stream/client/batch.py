@@ -2,6 +2,7 @@
 
     with stream.BatchInferenceClient("configs/ccfraud.yaml") as batch:
         scored = batch.run(frame, batch_size=50, executors=4)
+    scored = stream.BatchInferenceClient(model_id="ccfraud").run(frame, batch_size=50)  # Qwak's
 
 Rows come back in input order. A request that fails (dead letter or timeout) does not stop the
 run unless ``fail_fast``: its rows carry the failure in an ``error`` column instead.
@@ -9,86 +10,83 @@ run unless ``fail_fast``: its rows carry the failure in an ``error`` column inst
 
 from __future__ import annotations
 
-import os
 import sys
+import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from types import TracebackType
-from typing import Any, Self, TypeAlias, overload
+from typing import Any, TypeAlias, TypeVar
 
 import pandas as pd
 import pyarrow as pa
 from tqdm import tqdm
 
 from pipelines import formats
-from pipelines.config import Settings
 from stream.client import wire
 from stream.client.client import Client, Pending, connect
+from stream.client.deployments import Deployment
+from stream.closing import Closing
 from stream.errors import InferenceFailed, InferenceTimeout
 
 __all__ = ["ERROR_COLUMN", "BatchInferenceClient", "assemble", "split_rows"]
 
 ERROR_COLUMN = "error"
 DEFAULT_TIMEOUT_S = 15.0
-Outcome: TypeAlias = "pa.Table | InferenceFailed | InferenceTimeout"
+Answer: TypeAlias = "pa.Table | InferenceFailed | InferenceTimeout"  # one request's
+Frame = TypeVar("Frame", pd.DataFrame, pa.Table)  # what run() takes, it gives back
+RESOURCE_ARGUMENTS = ("cpus", "gpu_type", "gpus", "memory", "iam_role_arn")
+"""Qwak's run() arguments that size its pods; a headrace deployment's config does that."""
 
 
-class BatchInferenceClient:
+class BatchInferenceClient(Closing):
     """Runs frames through a deployment in ``batch_size``-row requests, ``executors`` in flight.
 
-    ``config`` is a deployment (YAML path or settings), connected here and closed by
-    ``close``, or an open :class:`Client`, which is left open.
+    ``config`` is a deployment (YAML path, settings, or a deployment name), connected here and
+    closed by ``close``, or an open :class:`Client`, which is left open. ``model_id`` names the
+    deployment as Qwak's does; with neither, ``$HEADRACE_MODEL_ID`` does.
     """
 
     def __init__(
-        self, config: str | os.PathLike[str] | Settings | Client, *, connect_timeout: float = 10.0
+        self,
+        config: Deployment | Client | None = None,
+        *,
+        model_id: str | None = None,
+        connect_timeout: float = 10.0,
     ) -> None:
+        if config is not None and model_id is not None:
+            raise TypeError("pass a config or a model_id, not both")
         if isinstance(config, Client):
             self.client, self._owned = config, False
         else:
-            self.client, self._owned = connect(config, connect_timeout=connect_timeout), True
+            deployment = config if config is not None else model_id
+            self.client = connect(deployment, connect_timeout=connect_timeout)
+            self._owned = True
 
-    @overload
-    def run(
+    def run(  # noqa: PLR0917  # Qwak's signature, positional order included
         self,
-        df: pd.DataFrame,
-        batch_size: int = ...,
-        executors: int = ...,
-        *,
-        parameters: Mapping[str, object] | None = ...,
-        timeout: float | None = ...,
-        fail_fast: bool = ...,
-    ) -> pd.DataFrame: ...
-
-    @overload
-    def run(
-        self,
-        df: pa.Table,
-        batch_size: int = ...,
-        executors: int = ...,
-        *,
-        parameters: Mapping[str, object] | None = ...,
-        timeout: float | None = ...,
-        fail_fast: bool = ...,
-    ) -> pa.Table: ...
-
-    def run(
-        self,
-        df: pd.DataFrame | pa.Table,
+        df: Frame,
         batch_size: int = 50,
         executors: int = 1,
-        *,
+        cpus: object = None,
+        gpu_type: object = None,
+        gpus: object = None,
+        memory: object = None,
+        iam_role_arn: object = None,
         parameters: Mapping[str, object] | None = None,
+        *,
         timeout: float | None = None,
         fail_fast: bool = False,
-    ) -> pd.DataFrame | pa.Table:
+    ) -> Frame:
         """Every row of ``df`` with its result columns, in input order (a Table for a Table).
 
         ``timeout`` bounds each request (default 15 s). Without ``fail_fast`` the rows of a
         failed request carry its error message in an ``error`` column (present only when
         something failed) and the other rows are served; with it, the first failure raises
-        its InferenceFailed or InferenceTimeout.
+        its InferenceFailed or InferenceTimeout. Qwak's resource arguments (``cpus``,
+        ``gpu_type``, ``gpus``, ``memory``, ``iam_role_arn``) are accepted in Qwak's order and
+        ignored with one warning: a headrace deployment's resources live in its config.
         """
+        given = {"cpus": cpus, "gpu_type": gpu_type, "gpus": gpus, "memory": memory}
+        _warn_ignored({**given, "iam_role_arn": iam_role_arn})
         _check_positive("batch_size", batch_size)
         _check_positive("executors", executors)
         if timeout is not None and (isinstance(timeout, bool) or not timeout > 0):
@@ -108,23 +106,14 @@ class BatchInferenceClient:
         run = _Run(self.client, table, wire.Options.of(parameters=parameters), fail_fast)
         spans = split_rows(table.num_rows, batch_size)
         result = assemble(run.serve(spans, executors, timeout or DEFAULT_TIMEOUT_S), spans)
-        return formats.table_to_pandas(result) if isinstance(df, pd.DataFrame) else result
+        if isinstance(df, pd.DataFrame):
+            return formats.table_to_pandas(result)
+        return result
 
     def close(self) -> None:
         """Close the client if this object connected it."""
         if self._owned:
             self.client.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def split_rows(rows: int, batch_size: int) -> list[tuple[int, int]]:
@@ -133,7 +122,7 @@ def split_rows(rows: int, batch_size: int) -> list[tuple[int, int]]:
     return [(start, min(batch_size, rows - start)) for start in range(0, rows, batch_size)]
 
 
-def assemble(outcomes: Sequence[Outcome], spans: Sequence[tuple[int, int]]) -> pa.Table:
+def assemble(outcomes: Sequence[Answer], spans: Sequence[tuple[int, int]]) -> pa.Table:
     """The requests' results in order; failed requests' rows are nulls with an ``error``."""
     tables = [outcome for outcome in outcomes if isinstance(outcome, pa.Table)]
     if len(tables) == len(outcomes):
@@ -167,8 +156,8 @@ class _Run:
 
     def serve(
         self, spans: Sequence[tuple[int, int]], executors: int, timeout: float
-    ) -> list[Outcome]:
-        outcomes: list[Outcome | None] = [None] * len(spans)
+    ) -> list[Answer]:
+        outcomes: list[Answer | None] = [None] * len(spans)
         progress = tqdm(
             total=self.table.num_rows,
             unit="rows",
@@ -192,7 +181,7 @@ class _Run:
                 self.client.abandon(pending, timeout)
         return [outcome for outcome in outcomes if outcome is not None]
 
-    def _send(self, index: int, span: tuple[int, int], outcomes: list[Outcome | None]) -> None:
+    def _send(self, index: int, span: tuple[int, int], outcomes: list[Answer | None]) -> None:
         request = wire.build_request(self.table.slice(*span), self.options, custom=False)
         try:
             pending = self.client.send(request)
@@ -203,7 +192,7 @@ class _Run:
             return
         self.inflight[pending.future] = (index, pending)
 
-    def _finished(self, timeout: float) -> list[tuple[int, Outcome]]:
+    def _finished(self, timeout: float) -> list[tuple[int, Answer]]:
         """Wait for a request to end (or the oldest to time out); what ended, by index."""
         if not self.inflight:
             return []
@@ -213,7 +202,7 @@ class _Run:
             timeout=max(0.0, oldest + timeout - self.client.clock()),
             return_when=FIRST_COMPLETED,
         )
-        ended: list[tuple[int, Outcome]] = []
+        ended: list[tuple[int, Answer]] = []
         for future in done:
             index, pending = self.inflight.pop(future)
             ended.append((index, _outcome(pending)))
@@ -225,7 +214,7 @@ class _Run:
         return ended
 
 
-def _outcome(pending: Pending) -> Outcome:
+def _outcome(pending: Pending) -> Answer:
     try:
         result: Any = pending.result()
     except (InferenceFailed, InferenceTimeout) as exc:
@@ -237,3 +226,15 @@ def _outcome(pending: Pending) -> Outcome:
 def _check_positive(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, not {value!r}")
+
+
+def _warn_ignored(resources: Mapping[str, object]) -> None:
+    ignored = [name for name in RESOURCE_ARGUMENTS if resources.get(name) is not None]
+    if ignored:
+        warnings.warn(
+            f"BatchInferenceClient.run ignores {', '.join(ignored)}: a headrace deployment's "
+            "resources are set by its config (replicas: worker processes; a model step's "
+            "providers: CPU or CUDA) and by where its workers run (deploy/kubernetes resources)",
+            UserWarning,
+            stacklevel=3,
+        )
