@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit integration bench models clean
+.PHONY: run test lint typecheck unit integration bench models clean fuzz chaos
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,8 +37,14 @@ integration: $(STAMP)
 test: lint typecheck models/heavy.onnx $(STAMP)
 	$(BIN)/pytest -q tests
 
+fuzz: $(STAMP)
+	$(BIN)/python -m tests.fuzz --requests 100000
+
+chaos: $(STAMP)
+	$(BIN)/python -m benchmarks.chaos $(CHAOS)
+
 bench: $(STAMP) models/heavy.onnx
-	$(BIN)/python -m stream.bench
+	$(BIN)/python -m benchmarks
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -8,15 +8,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 
 from pipelines.check import compile_check
 from pipelines.config import ModelSpec, Settings, StepSpec
 from pipelines.errors import ConfigError
-from pipelines.frame import Frame
-from pipelines.runner import Chain, Guarded
-from pipelines.steps.base import Step
+from pipelines.runner import Chain, Guarded, abandon_limit
+from pipelines.steps.base import Leaf, Step
 from pipelines.steps.checks import CheckStep
 from pipelines.steps.model import ModelStep
 from pipelines.steps.python import CustomJsonStep, PythonStep, load_callable
@@ -25,6 +25,7 @@ from pipelines.steps.split import SplitStep
 
 __all__ = ["Built", "build"]
 
+T = TypeVar("T")
 JsonStep = Guarded[object]
 # the model that first sees a request: step 0, or the first step of a split branch, or a champion
 _ENTRY_KEY = re.compile(
@@ -40,6 +41,7 @@ class Built:
     custom_steps: list[JsonStep] = field(default_factory=list)
     models: dict[str, ModelStep] = field(default_factory=dict)  # config key -> step
     entry_model: ModelStep | None = None
+    guarded: list[Guarded[Any]] = field(default_factory=list)  # every leaf, at any depth
 
 
 @dataclass
@@ -94,14 +96,17 @@ class _Builder:
             challengers.append(Challenger(self.guard(model, challenger), model))
         return ShadowStep(self.guard(champion_step, champion), challengers)
 
-    def guard(self, leaf: ModelStep | PythonStep, spec: StepSpec) -> Guarded[Frame]:
-        return Guarded(
+    def guard(self, leaf: Leaf[T], spec: StepSpec) -> Guarded[T]:
+        guarded = Guarded(
             leaf,
             timeout_ms=spec.timeout_ms,
             retries=spec.retries,
             backoff_ms=spec.backoff_ms,
+            max_abandoned=abandon_limit(self.settings.batching.max_rows, spec.retries),
             sleep=self.sleep,
         )
+        self.built.guarded.append(guarded)
+        return guarded
 
     def function(self, function: str, key: str) -> Callable[..., object]:
         return load_callable(function, self.settings.base_dir, f"{self._where}: key '{key}'")
@@ -134,16 +139,7 @@ class _Builder:
                     "steps with accepts: custom-json",
                 )
             function = self.function(spec.python.function, f"{key}.python.function")
-            leaf = CustomJsonStep(spec.python, function)
-            steps.append(
-                Guarded(
-                    leaf,
-                    timeout_ms=spec.timeout_ms,
-                    retries=spec.retries,
-                    backoff_ms=spec.backoff_ms,
-                    sleep=self.sleep,
-                )
-            )
+            steps.append(self.guard(CustomJsonStep(spec.python, function), spec))
         return steps
 
 

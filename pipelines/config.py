@@ -160,8 +160,14 @@ class PipelineSettings(_Frozen):
     steps: list[StepSpec] = Field(min_length=1)
 
 
-# librdkafka properties whose values are credentials: kept as SecretStr, never printed
-_SECRET_KEY = re.compile(r"(password|secret|jaas|token|private|\.key\.pem|credentials)", re.I)
+# librdkafka properties whose values are or may hold credentials: kept as SecretStr, never
+# printed. sasl.oauthbearer.config and .extensions carry client secrets and tokens inline;
+# sasl.kerberos.kinit.cmd may carry a password on its command line.
+_SECRET_KEY = re.compile(
+    r"(password|secret|jaas|token|private|\.key\.pem|credentials"
+    r"|oauthbearer\.(config|extensions)|kinit\.cmd)",
+    re.I,
+)
 PropertyValue = str | int | float | bool | SecretStr
 
 
@@ -218,6 +224,13 @@ class ProcessingSettings(_Frozen):
     dataset_exclude: tuple[str, ...] = ()
     commit_interval_ms: PositiveInt = 200
     shutdown_timeout_s: PositiveInt = 30
+    # A request whose decoded size would pass either bound is refused as too_large before
+    # anything is allocated (OIP shapes, compressed Arrow bodies, JSON rows).
+    max_request_rows: PositiveInt = 1_000_000
+    max_decoded_bytes: PositiveInt = 256 * 1024 * 1024
+    # Requests failing in the steps in a row (a broken model, not bad input) before the worker
+    # stops consuming and reports not-ready; 0 turns the guardrail off.
+    max_consecutive_failures: Annotated[int, Field(ge=0)] = 1000
 
 
 class MetricsSettings(_Frozen):

@@ -6,6 +6,7 @@ import json
 import os
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -19,11 +20,12 @@ import pyarrow as pa
 from pipelines import formats
 from pipelines.build import build
 from pipelines.config import Settings, load_settings
-from pipelines.errors import DecodeError, PipelineError, StepError
+from pipelines.errors import DecodeError, PipelineError, StepError, StepTimeout
 from pipelines.frame import Frame, StepContext
 from pipelines.results import assemble, select
+from pipelines.runner import BudgetSpent, Saturated, Stopped, Watch, isolation_levels, watching
 
-__all__ = ["BatchResult", "Pipeline", "Segment", "Served"]
+__all__ = ["BatchResult", "Pipeline", "Segment", "Served", "Stopped"]
 
 # uuid5 namespace of pipeline versions: the same definition and models give the same version
 _VERSION_NAMESPACE = uuid.UUID("6f1c2a5e-8a53-4c4e-9d63-3f0b7c1d2e4a")
@@ -52,10 +54,15 @@ class Segment:
 
 @dataclass(slots=True)
 class BatchResult:
-    """A served micro-batch: segments of results, and the errors of the requests that failed."""
+    """A served micro-batch: segments of results, and the errors of the requests that failed.
+
+    ``unserved`` lists the requests left when ``should_stop`` ended the call: neither results
+    nor dead letters, to be served again (their offsets stay uncommitted).
+    """
 
     segments: list[Segment] = field(default_factory=list)
     errors: dict[int, PipelineError] = field(default_factory=dict)
+    unserved: list[int] = field(default_factory=list)
 
     def per_request(self) -> list[Served]:
         results: dict[int, Served] = dict(self.errors)
@@ -117,6 +124,19 @@ class Pipeline:
         models = list(self._built.models.values())
         return models[-1].output_schema if models else None
 
+    def max_serve_seconds(self, requests: int = 1) -> float:
+        """The longest one ``serve_batch`` of ``requests`` requests takes, from the config.
+
+        Each isolation level (``ceil(log2(requests))`` halvings, and the request alone) may
+        spend what one request alone can: every step's ``timeout_ms x (retries + 1)`` plus
+        its longest backoffs, or two runs of the chain (a failing range and its sibling) if
+        that is more. Past it no attempt starts and a running one is abandoned; checks and
+        assembling results come on top (milliseconds).
+        """
+        once = sum(step.worst_case_s(retry=False) for step in self._built.guarded)
+        alone = sum(step.worst_case_s(retry=True) for step in self._built.guarded)
+        return (isolation_levels(requests) + 1) * max(alone, 2 * once)
+
     def conform(self, table: pa.Table) -> pa.Table:
         """Cast a request to the first model's input types; a misfit raises SchemaError."""
         if table.num_rows == 0:
@@ -157,25 +177,54 @@ class Pipeline:
         row_counts: Sequence[int],
         parameters: Mapping[str, str] | None = None,
         decode_ns: Sequence[int] | None = None,
+        *,
+        should_stop: Callable[[], bool] | None = None,
+        keep_alive: Callable[[], None] | None = None,
     ) -> BatchResult:
         """Serve one micro-batch: ``table`` holds the requests' rows, ``row_counts`` their sizes.
 
         A failing batch is bisected until the failing requests are alone; only a request
         served on its own has its steps retried, so one bad request never fails its
-        neighbours. Results come back as contiguous segments of requests.
+        neighbours. Results come back as contiguous segments of requests. The call ends
+        within :meth:`max_serve_seconds`; what isolation leaves untried by then becomes a
+        ``step_timeout`` dead letter.
+
+        While a step runs, ``keep_alive`` is called about every 0.5 s and ``should_stop``
+        every 50 ms; once it returns true the call returns at once, the requests not yet
+        served in ``unserved``. An exception from either hook ends the call and is raised.
         """
         context = StepContext(MappingProxyType(dict(parameters or {})), pipeline=self.name)
         result = BatchResult()
         starts = np.concatenate([[0], np.cumsum(row_counts)]).astype(int).tolist()
         decode = list(decode_ns) if decode_ns is not None else [0] * len(row_counts)
-        self._serve_range(_Run(table, starts, decode, context, result), 0, len(row_counts))
+        budget = self.max_serve_seconds(len(row_counts))
+        watch = Watch(budget_s=budget, should_stop=should_stop, keep_alive=keep_alive)
+        with watching(watch):
+            run = _Run(table, starts, decode, context, result, watch)
+            self._serve_range(run, 0, len(row_counts))
+        result.unserved.sort()
         return result
 
-    def serve_custom(self, value: Any, parameters: Mapping[str, str] | None = None) -> Any:
-        """Run a custom JSON pipeline on one request's JSON value."""
+    def serve_custom(
+        self,
+        value: Any,
+        parameters: Mapping[str, str] | None = None,
+        *,
+        should_stop: Callable[[], bool] | None = None,
+        keep_alive: Callable[[], None] | None = None,
+    ) -> Any:
+        """Run a custom JSON pipeline on one request's JSON value.
+
+        The hooks work as in :meth:`serve_batch`; when ``should_stop`` ends the call it
+        raises :class:`Stopped` (the request is unserved).
+        """
         context = StepContext(MappingProxyType(dict(parameters or {})), pipeline=self.name)
-        for step in self._built.custom_steps:
-            value = step.run(value, context, retry=True)
+        watch = Watch(
+            budget_s=self.max_serve_seconds(1), should_stop=should_stop, keep_alive=keep_alive
+        )
+        with watching(watch):
+            for step in self._built.custom_steps:
+                value = step.run(value, context, retry=True)
         _check_json(value, self.step_names[-1])
         return value
 
@@ -219,22 +268,39 @@ class Pipeline:
             return selected
         return orjson.loads(formats.encode(selected, formats.Format.PANDAS_RECORDS))
 
-    def _serve_range(self, run: _Run, first: int, stop: int) -> None:
-        """Serve requests ``first..stop-1``, bisecting on failure."""
+    def _serve_range(
+        self, run: _Run, first: int, stop: int, depth: int = 0, cause: PipelineError | None = None
+    ) -> None:
+        """Serve requests ``first..stop-1``; on failure, isolate the failing ones by bisection.
+
+        Once two ranges of one depth have timed out, the steps' time grows with the batch
+        rather than with one hanging request, so ranges above that depth are split without
+        being tried: timeouts then stay a few per level instead of doubling with each.
+        """
+        alone = stop - first == 1
+        if cause is not None and not alone and depth < run.split_above:
+            self._bisect(run, first, stop, depth, cause)
+            return
         starts = run.starts
         batch = run.table.slice(starts[first], starts[stop] - starts[first])
         step_ns: list[int] = []
         try:
+            run.watch.check()
             frame = self._built.chain.run(
-                Frame.start(batch), run.context, retry=stop - first == 1, elapsed=step_ns
+                Frame.start(batch), run.context, retry=alone, elapsed=step_ns
             )
+        except Stopped:
+            run.result.unserved.extend(range(first, stop))
+            return
         except PipelineError as exc:
-            if stop - first == 1:
-                run.result.errors[first] = exc
+            if isinstance(exc, BudgetSpent):
+                exc = run.budget_spent(cause or exc, depth)
+            if alone or isinstance(exc, BudgetSpent | Saturated):
+                run.result.errors.update(dict.fromkeys(range(first, stop), exc))
                 return
-            middle = (first + stop) // 2
-            self._serve_range(run, first, middle)
-            self._serve_range(run, middle, stop)
+            if isinstance(exc, StepTimeout):
+                run.timed_out(depth)
+            self._bisect(run, first, stop, depth, exc)
             return
         counts = tuple(starts[i + 1] - starts[i] for i in range(first, stop))
         served = assemble(
@@ -249,8 +315,13 @@ class Pipeline:
             Segment(first=first, row_counts=counts, table=served, step_ns=tuple(step_ns))
         )
 
+    def _bisect(self, run: _Run, first: int, stop: int, depth: int, cause: PipelineError) -> None:
+        middle = (first + stop) // 2
+        self._serve_range(run, first, middle, depth + 1, cause)
+        self._serve_range(run, middle, stop, depth + 1, cause)
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True)
 class _Run:
     """One ``serve_batch`` call: the batch, where each request starts, and what came of it."""
 
@@ -259,6 +330,27 @@ class _Run:
     decode_ns: list[int]
     context: StepContext
     result: BatchResult
+    watch: Watch
+    timeouts: Counter[int] = field(default_factory=Counter)  # timed-out ranges per depth
+    split_above: int = 0  # ranges shallower than this are split without being tried
+
+    def timed_out(self, depth: int) -> None:
+        self.timeouts[depth] += 1
+        if self.timeouts[depth] == 2:
+            self.split_above = max(self.split_above, depth + 1)
+
+    def budget_spent(self, cause: PipelineError, depth: int) -> StepTimeout:
+        """The dead letter of requests the time budget left no room to try on their own."""
+        requests = len(self.starts) - 1
+        return BudgetSpent(
+            f"not served: isolating the failing requests of a batch of {requests} spent its "
+            f"time budget of {self.watch.budget_s:.3g} s before this request could be served "
+            f"on its own (the batch failed with {cause.error_type} in step '{cause.step}': "
+            f"{cause.message}); replay it from the dead-letter topic, and if whole batches "
+            "time out, raise the step's timeout_ms or lower batching.max_rows",
+            step=cause.step,
+            attempts=max(1, depth),
+        )
 
 
 def _version(settings: Settings, hashes: Mapping[str, str]) -> str:

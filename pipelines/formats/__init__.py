@@ -7,7 +7,8 @@ small pandas-records requests takes the batch path: ``parse_records`` each, ``re
 to group them, ``table_from_requests`` once; ``encode_many`` gives one payload per request. The
 client side is ``encode_request`` and ``decode_response``. Undecodable bytes raise
 :class:`~pipelines.errors.DecodeError`, unencodable results :class:`~pipelines.errors.OutputError`,
-each with a message that names what to fix.
+each with a message that names what to fix; a request that would decode to more rows or bytes
+than its :class:`Limits` allow raises :class:`~pipelines.errors.TooLarge` before it is allocated.
 """
 
 from pipelines.formats._codec import (
@@ -23,6 +24,7 @@ from pipelines.formats._core import (
     CONTENT_TYPES,
     Format,
     JsonValue,
+    Limits,
     Request,
     format_for_content_type,
 )
@@ -33,6 +35,7 @@ __all__ = [
     "CONTENT_TYPES",
     "Format",
     "JsonValue",
+    "Limits",
     "Request",
     "decode",
     "decode_response",

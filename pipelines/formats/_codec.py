@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 
 import pyarrow as pa
 
-from pipelines.errors import DecodeError, OutputError
-from pipelines.formats._core import Format, JsonValue, Request, load_json, parse_content_type
+from pipelines.errors import DecodeError, OutputError, SchemaError
+from pipelines.formats._core import (
+    UNLIMITED,
+    Format,
+    JsonValue,
+    Limits,
+    Request,
+    load_json,
+    parse_content_type,
+)
+from pipelines.formats._ipc import read_arrow
 from pipelines.formats._oip import (
     oip_request,
     oip_response,
@@ -16,6 +26,7 @@ from pipelines.formats._oip import (
     oip_tensors,
 )
 from pipelines.formats._records import (
+    bounded_rows,
     dumps,
     parse_records,
     records_json,
@@ -40,32 +51,40 @@ _STREAM_END = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # continuation marker, then l
 _ARROW_NAMES = {Format.ARROW_STREAM: "stream", Format.ARROW_FILE: "file"}
 
 
-def decode(payload: bytes, content_type: str | None = None, *, custom: bool = False) -> Request:
+def decode(
+    payload: bytes,
+    content_type: str | None = None,
+    *,
+    custom: bool = False,
+    limits: Limits = UNLIMITED,
+) -> Request:
     """The request in ``payload``: its format from ``content_type``, else sniffed.
 
     Without a content type, ``ARROW1`` starts an Arrow file and ``0xFFFFFFFF`` an Arrow stream;
     anything else is JSON: custom JSON when the pipeline takes it (``custom``), OIP when it is an
     object whose ``inputs`` is a list of objects, else pandas-records. Plain
     ``application/json`` is custom JSON for such a pipeline and pandas-records otherwise.
+    A request that would decode to more than ``limits`` allows is
+    :class:`~pipelines.errors.TooLarge` before its rows are allocated.
     """
     if not payload:
         raise DecodeError("payload is empty")
     fmt, plain_json = parse_content_type(content_type)
     if fmt is None:
-        return _sniffed(payload, custom=custom)
+        return _sniffed(payload, custom=custom, limits=limits)
     if fmt in _ARROW_NAMES:
-        return Request(fmt, table=_at_least_one_row(_read_arrow(payload, fmt)))
+        return _arrow_request(payload, fmt, limits)
     if fmt is Format.CUSTOM or (plain_json and custom):
         return Request(Format.CUSTOM, value=load_json(payload))
     if fmt is Format.OIP:
-        return oip_request(load_json(payload))
-    return Request(Format.PANDAS_RECORDS, table=rows_table(parse_records(payload)))
+        return oip_request(load_json(payload), limits)
+    return Request(Format.PANDAS_RECORDS, table=rows_table(parse_records(payload, limits)))
 
 
-def _sniffed(payload: bytes, *, custom: bool) -> Request:
+def _sniffed(payload: bytes, *, custom: bool, limits: Limits) -> Request:
     for magic, fmt in _ARROW_MAGIC.items():
         if payload.startswith(magic):
-            return Request(fmt, table=_at_least_one_row(_read_arrow(payload, fmt)))
+            return _arrow_request(payload, fmt, limits)
     try:
         doc = load_json(payload)
     except DecodeError as exc:
@@ -76,8 +95,8 @@ def _sniffed(payload: bytes, *, custom: bool) -> Request:
     if custom:
         return Request(Format.CUSTOM, value=doc)
     if _looks_like_oip(doc):
-        return oip_request(doc)
-    return Request(Format.PANDAS_RECORDS, table=records_table(doc))
+        return oip_request(doc, limits)
+    return Request(Format.PANDAS_RECORDS, table=rows_table(bounded_rows(doc, len(payload), limits)))
 
 
 def _looks_like_oip(doc: JsonValue) -> bool:
@@ -87,26 +106,19 @@ def _looks_like_oip(doc: JsonValue) -> bool:
     return isinstance(inputs, list) and (not inputs or isinstance(inputs[0], dict))
 
 
-def _read_arrow(payload: bytes, fmt: Format) -> pa.Table:
-    """The table in an Arrow IPC payload, read without copying the bytes."""
-    buffer = pa.py_buffer(payload)
-    try:
-        if fmt is Format.ARROW_FILE:
-            table = pa.ipc.open_file(buffer).read_all()
-        else:
-            table = pa.ipc.open_stream(buffer).read_all()
-        table.validate()
-    except (pa.ArrowException, OSError) as exc:
-        raise DecodeError(
-            f"truncated or corrupt Arrow IPC {_ARROW_NAMES[fmt]} ({len(payload)} bytes): {exc}"
-        ) from exc
-    return table
-
-
-def _at_least_one_row(table: pa.Table) -> pa.Table:
+def _arrow_request(payload: bytes, fmt: Format, limits: Limits) -> Request:
+    """An Arrow IPC request: at least one row, and each column name once."""
+    table = read_arrow(payload, fmt, limits)
     if table.num_rows == 0:
         raise DecodeError("a request needs at least one row")
-    return table
+    repeated = [name for name, count in Counter(table.column_names).items() if count > 1]
+    if repeated:
+        columns = ", ".join(table.column_names)
+        raise SchemaError(
+            f"column {repeated[0]!r} appears {table.column_names.count(repeated[0])} times "
+            f"in the request (columns: {columns}); each column name must be unique"
+        )
+    return Request(fmt, table=table)
 
 
 def table_from_records(data: dict[str, JsonValue] | list[JsonValue]) -> pa.Table:
@@ -249,7 +261,7 @@ def decode_response(payload: bytes, fmt: Format) -> pa.Table | JsonValue:
     if not payload:
         raise DecodeError("payload is empty")
     if fmt in _ARROW_NAMES:
-        return _read_arrow(payload, fmt)
+        return read_arrow(payload, fmt)
     doc = load_json(payload)
     if fmt is Format.CUSTOM:
         return doc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -12,12 +13,14 @@ from typing import TypeAlias
 import orjson
 import pyarrow as pa
 
-from pipelines.errors import DecodeError
+from pipelines.errors import DecodeError, TooLarge
 
 __all__ = [
     "CONTENT_TYPES",
+    "UNLIMITED",
     "Format",
     "JsonValue",
+    "Limits",
     "Request",
     "format_for_content_type",
     "json_type_name",
@@ -80,6 +83,35 @@ class Request:
     value: JsonValue = None
     oip_id: str | None = None
     parameters: Mapping[str, JsonValue] = field(default_factory=_no_parameters)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """How large a request may be once decoded: rows, and bytes after decompression.
+
+    A request over either bound is a :class:`TooLarge` raised before its rows are allocated;
+    the message names the bound, the size asked for and the config key that sets it.
+    """
+
+    max_rows: int = sys.maxsize
+    max_bytes: int = sys.maxsize
+
+    def check(self, what: str, rows: int, nbytes: int) -> None:
+        """Refuse ``what`` when ``rows`` or ``nbytes`` passes a bound."""
+        if rows > self.max_rows:
+            raise TooLarge(
+                f"{what} has {rows} rows, over the limit of {self.max_rows} rows "
+                "(processing.max_request_rows)"
+            )
+        if nbytes > self.max_bytes:
+            raise TooLarge(
+                f"{what} decodes to {nbytes} bytes, over the limit of {self.max_bytes} bytes "
+                "(processing.max_decoded_bytes)"
+            )
+
+
+UNLIMITED = Limits()
+"""No bound: for results a client reads back, and for callers that bound requests themselves."""
 
 
 def format_for_content_type(content_type: str | None) -> Format | None:

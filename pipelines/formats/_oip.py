@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import cast
 
@@ -19,7 +20,7 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from pipelines.errors import DecodeError, OutputError
-from pipelines.formats._core import Format, JsonValue, Request, json_type_name
+from pipelines.formats._core import UNLIMITED, Format, JsonValue, Limits, Request, json_type_name
 from pipelines.formats._tensors import (
     SHORT_FLOATS,
     json_values,
@@ -49,6 +50,12 @@ _ARROW_TYPES: Mapping[str, pa.DataType] = {
 _DATATYPES = {arrow_type: datatype for datatype, arrow_type in _ARROW_TYPES.items()} | {
     pa.large_string(): "BYTES"
 }
+# bytes a value takes in memory; a string's offset (its characters are in the payload already)
+_ITEM_BYTES: Mapping[str, int] = {
+    datatype: 4 if datatype == "BYTES" else max(1, int(arrow_type.bit_width) // 8)
+    for datatype, arrow_type in _ARROW_TYPES.items()
+}
+_MAX_LIST_VALUES = 2**31 - 1  # a list level's values are addressed by 32-bit offsets
 # numpy kinds of JSON data that each datatype accepts, and how to say so
 _KINDS = (
     {"BOOL": ("b", "booleans"), "BYTES": ("U", "strings")}
@@ -57,8 +64,9 @@ _KINDS = (
 )
 
 
-def oip_request(doc: JsonValue) -> Request:
-    """The request an OIP v2 request document describes."""
+def oip_request(doc: JsonValue, limits: Limits = UNLIMITED) -> Request:
+    """The request an OIP v2 request document describes, its shapes checked against ``limits``
+    before any tensor is built."""
     if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list):
         got = json_type_name(doc) if not isinstance(doc, dict) else "an object without it"
         raise DecodeError(f"an OIP request must be an object with an 'inputs' list; got {got}")
@@ -69,18 +77,27 @@ def oip_request(doc: JsonValue) -> Request:
     if not isinstance(parameters, dict):
         got = json_type_name(parameters)
         raise DecodeError(f"OIP request 'parameters' must be an object; got {got}")
-    table = oip_table(cast(list[JsonValue], doc["inputs"]), "input")
+    table = oip_table(cast(list[JsonValue], doc["inputs"]), "input", limits)
     return Request(Format.OIP, table=table, oip_id=oip_id, parameters=MappingProxyType(parameters))
 
 
-def oip_table(tensors: list[JsonValue], role: str) -> pa.Table:
-    """One column per tensor; ``role`` ("input" or "output") names them in messages."""
+def oip_table(tensors: list[JsonValue], role: str, limits: Limits = UNLIMITED) -> pa.Table:
+    """One column per tensor; ``role`` ("input" or "output") names them in messages.
+
+    Each tensor's shape is checked against ``limits`` (the bytes of the tensors so far
+    included) before its column is built.
+    """
     if not tensors:
         raise DecodeError(f"an OIP document needs at least one {role} tensor")
     columns: dict[str, pa.Array] = {}
     rows: dict[str, int] = {}
+    nbytes = 0
     for index, tensor in enumerate(tensors):
-        name, column = _column(tensor, index, role)
+        head = _head(tensor, index, role)
+        nbytes += _decoded_bytes(head)
+        limits.check(f"{head.where} of shape {head.shape}", head.shape[0], nbytes)
+        _check_offsets(head)
+        name, column = head.name, _column(cast(dict[str, JsonValue], tensor), head)
         if name in columns:
             raise DecodeError(f"OIP {role} {name!r} appears twice; names must be unique")
         columns[name], rows[name] = column, len(column)
@@ -92,7 +109,17 @@ def oip_table(tensors: list[JsonValue], role: str) -> pa.Table:
     return pa.Table.from_arrays(list(columns.values()), names=list(columns))
 
 
-def _column(tensor: JsonValue, index: int, role: str) -> tuple[str, pa.Array]:
+@dataclass(frozen=True, slots=True)
+class _Head:
+    """What a tensor says of itself before its data is read: name, shape and datatype."""
+
+    name: str
+    where: str
+    shape: list[int]
+    datatype: str
+
+
+def _head(tensor: JsonValue, index: int, role: str) -> _Head:
     if not isinstance(tensor, dict):
         got = json_type_name(tensor)
         raise DecodeError(
@@ -111,18 +138,41 @@ def _column(tensor: JsonValue, index: int, role: str) -> tuple[str, pa.Array]:
     if not isinstance(datatype, str) or datatype not in _ARROW_TYPES:
         accepted = ", ".join(_ARROW_TYPES)
         raise DecodeError(f"{where}: unsupported datatype {datatype!r}; use one of {accepted}")
+    return _Head(name, where, cast(list[int], shape), datatype)
+
+
+def _decoded_bytes(head: _Head) -> int:
+    """The bytes the tensor's column takes: its values, and the offsets of each list level."""
+    rows, dims = head.shape[0], head.shape[1:]
+    offsets = sum(4 * (rows * math.prod(dims[:level]) + 1) for level in range(len(dims)))
+    return math.prod(head.shape) * _ITEM_BYTES[head.datatype] + offsets
+
+
+def _check_offsets(head: _Head) -> None:
+    """Each list level of the column must be addressable by Arrow's 32-bit offsets."""
+    rows, dims = head.shape[0], head.shape[1:]
+    for level, dim in enumerate(dims):
+        if max(dim, rows * math.prod(dims[: level + 1])) > _MAX_LIST_VALUES:
+            raise DecodeError(
+                f"{head.where}: shape {head.shape} does not fit a list column: dimension "
+                f"{level + 1} ({dim}) needs more than {_MAX_LIST_VALUES} values in one list "
+                "level (Arrow's 32-bit list offsets)"
+            )
+
+
+def _column(tensor: dict[str, JsonValue], head: _Head) -> pa.Array:
+    where, datatype, sizes = head.where, head.datatype, head.shape
     data = tensor.get("data")
     if not isinstance(data, list):
         raise DecodeError(f"{where}: 'data' must be an array, flat row-major or nested")
     values = _values(data, datatype, where)
-    sizes = cast(list[int], shape)
     if len(values) != math.prod(sizes):
         needed = math.prod(sizes)
         raise DecodeError(f"{where}: shape {sizes} needs {needed} values, got {len(values)}")
     parameters = tensor.get("parameters")
     if isinstance(parameters, dict) and parameters.get("timestamp_unit") and datatype == "INT64":
         values = _timestamps(values, parameters, where)
-    return name, nest(values, sizes[0], sizes[1:])
+    return nest(values, sizes[0], sizes[1:])
 
 
 def _is_size(size: JsonValue) -> bool:
@@ -151,9 +201,10 @@ def _values(data: list[JsonValue], datatype: str, where: str) -> pa.Array:
             got = array.ravel()[0].item()
             raise DecodeError(f"{where}: datatype {datatype} needs {wanted}, got {got!r}")
         if datatype.startswith("FP"):
-            array = array.astype(arrow_type.to_pandas_dtype())
+            with np.errstate(over="raise"):  # 1e300 is no FP32: an error, not infinity
+                array = array.astype(arrow_type.to_pandas_dtype())
         return pa.array(array.ravel(), type=arrow_type)
-    except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
+    except (pa.ArrowException, TypeError, ValueError, ArithmeticError) as exc:
         raise DecodeError(f"{where}: data does not fit datatype {datatype}: {exc}") from exc
 
 

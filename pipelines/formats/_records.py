@@ -22,7 +22,7 @@ import orjson
 import pyarrow as pa
 
 from pipelines.errors import DecodeError, OutputError
-from pipelines.formats._core import JsonValue, json_type_name, load_json
+from pipelines.formats._core import UNLIMITED, JsonValue, Limits, json_type_name, load_json
 from pipelines.formats._tensors import (
     SHORT_FLOATS,
     epoch_ms,
@@ -34,6 +34,7 @@ from pipelines.formats._tensors import (
 )
 
 __all__ = [
+    "bounded_rows",
     "dumps",
     "parse_records",
     "records_json",
@@ -49,19 +50,31 @@ _FLOAT = pa.float64()
 _FLOAT_LIST = pa.list_(_FLOAT)
 _FLOAT_MATRIX = pa.list_(_FLOAT_LIST)
 _ARRAY_ERRORS = (pa.ArrowException, TypeError, ValueError, OverflowError)
+_MAX_DIMS = 64  # numpy's limit: deeper lists are written from Python lists
 
 Rows = list[dict[str, JsonValue]]
 
 
-def parse_records(payload: bytes) -> Rows:
+def parse_records(payload: bytes, limits: Limits = UNLIMITED) -> Rows:
     """The rows of one pandas-records request, one dict per row, checked as ``decode`` checks them.
 
     An object is one row, a list of objects one row each. A :class:`DecodeError` says where the
-    bytes stop being JSON, or what is not an object, or that there is no row or no column.
+    bytes stop being JSON, or what is not an object, or that there is no row or no column; a
+    :class:`~pipelines.errors.TooLarge` that there are more rows than ``limits`` allow.
     """
     if not payload:
         raise DecodeError("payload is empty")
-    return _rows(load_json(payload))
+    return bounded_rows(load_json(payload), len(payload), limits)
+
+
+def bounded_rows(doc: JsonValue, size: int, limits: Limits) -> Rows:
+    """The rows of parsed pandas-records JSON of ``size`` bytes, within ``limits``.
+
+    The rows' decoded bytes are bounded by the JSON's own size, so ``size`` stands for them.
+    """
+    rows = _rows(doc)
+    limits.check("pandas-records request", len(rows), size)
+    return rows
 
 
 def records_signature(rows: Rows) -> tuple[str, ...]:
@@ -202,7 +215,7 @@ def _column_cells(array: pa.Array, row_counts: Sequence[int]) -> list[object]:
     if not isinstance(shaped, str):
         leaf, dims = shaped
         values = json_values(leaf)
-        if isinstance(values, np.ndarray) and values.dtype != np.object_:
+        if isinstance(values, np.ndarray) and values.dtype != np.object_ and len(dims) < _MAX_DIMS:
             return list(values.reshape(len(array), *dims))  # a numpy row prints float32 shortest
     return cast(list[object], epoch_ms(array).to_pylist())
 

@@ -48,7 +48,11 @@ def load_callable(function: str, base_dir: Path, key: str) -> Callable[..., Any]
 
 
 class PythonStep:
-    """Calls ``function(table, context)``; its table becomes ``out.*``, one row per input row."""
+    """Calls ``function(table, context)``; its table becomes ``out.*``, one row per input row.
+
+    Python cannot interrupt a call: one past its timeout is abandoned but keeps its thread
+    until it returns, and counts against the step's bound on abandoned runs meanwhile.
+    """
 
     kind = "python"
 

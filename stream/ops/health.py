@@ -13,14 +13,30 @@ __all__ = ["Health", "MetricsServer"]
 
 
 class Health:
-    """What the probes report: the loop's heartbeat, assignment and broker reachability."""
+    """What the probes report: the loop's heartbeat, assignment and broker reachability, and
+    the conditions under which the worker holds back (the guardrail, undelivered results).
+
+    The worker loop writes it and the probe thread reads it: each write replaces a value
+    whole, so a reader never sees one half-changed.
+    """
 
     def __init__(self, stale_after_s: float = 30.0, clock: Callable[[], float] = time.monotonic):
         self._clock = clock
         self._stale_after_s = stale_after_s
         self._beat = clock()
+        self._holds: dict[str, str] = {}
         self.partitions = 0
         self.broker_error: str | None = None
+
+    def hold(self, name: str, reason: str) -> None:
+        """Report not-ready with ``reason`` until :meth:`release` of ``name``."""
+        if self._holds.get(name) != reason:
+            self._holds = {**self._holds, name: reason}
+
+    def release(self, name: str) -> None:
+        """Undo :meth:`hold` of ``name`` (nothing when it is not held)."""
+        if name in self._holds:
+            self._holds = {key: text for key, text in self._holds.items() if key != name}
 
     def beat(self) -> None:
         """Called by the worker loop every iteration."""
@@ -33,6 +49,9 @@ class Health:
         return True, "ok"
 
     def ready(self) -> tuple[bool, str]:
+        holds = self._holds
+        if holds:
+            return False, "; ".join(holds.values())
         if self.broker_error is not None:
             return False, f"broker unreachable: {self.broker_error}"
         if self.partitions == 0:

@@ -2,7 +2,9 @@
 
 - :mod:`~stream.worker.loop`: ``Worker``, the loop (``while running: run_once()``);
 - :mod:`~stream.worker.decoding`, :mod:`~stream.worker.batcher`, :mod:`~stream.worker.serving`:
-  the stages a request goes through; :mod:`~stream.worker.publisher` produces the outcomes;
+  the stages a request goes through; :mod:`~stream.worker.publisher` produces the outcomes
+  (:mod:`~stream.worker.delivery`: what is retried, what fits); :mod:`~stream.worker.intake`
+  pauses the partitions for back-pressure and the guardrail;
 - :mod:`~stream.worker.ledger` and :mod:`~stream.worker.commit`: offsets, in order, committed
   only after acknowledgement (or in a transaction);
 - :mod:`~stream.worker.runtime`: a worker wired to Kafka from a config, until a signal;

@@ -1,9 +1,16 @@
-"""Decode stage: a consumed message becomes a request ready to batch, or a dead letter."""
+"""Decode stage: a consumed message becomes a request ready to batch, or a dead letter.
+
+Isolation (SPEC §5) starts here: whatever a message holds, :class:`Decoder` returns a
+:class:`Decoded` or a :class:`DeadLetter`, never an exception. :func:`stage` is the boundary
+that the serve stage shares: inside it, any exception that is not already a
+:class:`PipelineError` becomes the error type of the stage it broke, with a message naming it.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,12 +18,64 @@ import pyarrow as pa
 
 from pipelines import Pipeline, formats
 from pipelines.config import ProcessingSettings
-from pipelines.errors import DecodeError, PipelineError, TooLarge
+from pipelines.errors import (
+    DecodeError,
+    OutputError,
+    PipelineError,
+    SchemaError,
+    StepError,
+    TooLarge,
+)
 from pipelines.formats import Format, JsonValue
 from stream import headers
 from stream.types import DeadLetter, Envelope
 
-__all__ = ["Decoded", "Decoder", "Selection"]
+__all__ = ["Decoded", "Decoder", "Selection", "failure", "stage"]
+
+_STAGES: dict[type[PipelineError], str] = {
+    DecodeError: "decoding the request",
+    SchemaError: "conforming the request to the model's inputs",
+    StepError: "serving the request",
+    OutputError: "encoding the result",
+}
+_EARLY = (DecodeError, SchemaError)  # stages where running out of memory means too large
+
+
+def failure(exc: Exception, kind: type[PipelineError]) -> PipelineError:
+    """``exc`` as a request's dead-letter error, raised in the stage whose errors are ``kind``.
+
+    A :class:`PipelineError` is already one. Anything else becomes ``kind`` with a message
+    naming the exception's type and text; a :class:`MemoryError` while decoding or conforming
+    becomes :class:`TooLarge`, since it is the request's size that the worker could not hold.
+    """
+    if isinstance(exc, PipelineError):
+        return exc
+    what = _STAGES.get(kind, kind.error_type)
+    message = f"{what} failed: {type(exc).__name__}: {_describe(exc)}"
+    error = TooLarge(message) if isinstance(exc, MemoryError) and kind in _EARLY else kind(message)
+    error.__cause__ = exc
+    return error
+
+
+@contextmanager
+def stage(kind: type[PipelineError]) -> Iterator[None]:
+    """Run one stage of a request: an exception escaping it is raised as :func:`failure` gives."""
+    try:
+        yield
+    except PipelineError:
+        raise
+    except Exception as exc:  # isolation (SPEC §5): any exception, not only the library's
+        raise failure(exc, kind) from exc
+
+
+def _describe(exc: Exception) -> str:
+    """An exception's text, printable and valid UTF-8 whatever its ``__str__`` does."""
+    try:
+        text = str(exc)
+    except Exception:  # an exception whose __str__ raises is still named by its type
+        text = "(its message cannot be printed)"
+    return text.encode("utf-8", "replace").decode("utf-8")
+
 
 Parameters = tuple[tuple[str, str], ...]
 
@@ -58,6 +117,29 @@ class Decoded:
         return ("custom", self.envelope.partition, self.envelope.offset)
 
 
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """What every format family shares: the envelope, its headers read once, the start time."""
+
+    envelope: Envelope
+    content_type: str | None
+    selection: Selection
+    parameters: Parameters
+    started_ns: int
+
+    def done(self, fmt: Format, rows: int, **parts: Any) -> Decoded:
+        """The decoded request, timed from ``started_ns``."""
+        parts.setdefault("parameters", self.parameters)
+        return Decoded(
+            self.envelope,
+            fmt,
+            rows,
+            self.selection,
+            decode_ns=time.perf_counter_ns() - self.started_ns,
+            **parts,
+        )
+
+
 class Decoder:
     """Turns envelopes into :class:`Decoded` requests; what cannot be served is a dead letter."""
 
@@ -68,12 +150,14 @@ class Decoder:
         self._custom = pipeline.is_custom
         self._default = Selection(processing.dataset, processing.dataset_exclude)
         self._max_bytes = max_request_bytes
+        self._limits = formats.Limits(processing.max_request_rows, processing.max_decoded_bytes)
 
     def __call__(self, envelope: Envelope) -> Decoded | DeadLetter:
+        """The decoded request, or its dead letter; no exception escapes."""
         try:
             return self._decode(envelope, time.perf_counter_ns())
-        except PipelineError as exc:
-            return DeadLetter(envelope, exc)
+        except Exception as exc:  # isolation (SPEC §5): whatever the bytes hold
+            return DeadLetter(envelope, failure(exc, DecodeError))
 
     def _decode(self, envelope: Envelope, started: int) -> Decoded:
         size = len(envelope.value)
@@ -83,60 +167,65 @@ class Decoder:
                 "(kafka.max_message_bytes)"
             )
         found = envelope.header_map() if envelope.headers else {}
+        if headers.UNREADABLE_HEADERS in found:
+            raise DecodeError(_text(found[headers.UNREADABLE_HEADERS]) or "unreadable headers")
         content_type = _text(found.get(headers.CONTENT_TYPE))
         fmt = formats.format_for_content_type(content_type)
-        parameters = _parameters(envelope) if any(k.startswith(_PREFIX) for k in found) else ()
-        selection = self._selection(found) if found else self._default
+        request = _Request(
+            envelope,
+            content_type,
+            self._selection(found) if found else self._default,
+            _parameters(envelope) if any(k.startswith(_PREFIX) for k in found) else (),
+            started,
+        )
         if self._custom:
-            if fmt not in (None, Format.CUSTOM, Format.PANDAS_RECORDS):
-                raise DecodeError(
-                    f"pipeline '{self._pipeline.name}' takes custom JSON; got {content_type}"
-                )
-            request = formats.decode(envelope.value, content_type, custom=True)
-            if request.format is not Format.CUSTOM:  # sniffed Arrow, or format=pandas-records
-                raise DecodeError(
-                    f"pipeline '{self._pipeline.name}' takes custom JSON; "
-                    f"got {formats.CONTENT_TYPES[request.format]}"
-                )
-            return Decoded(
-                envelope,
-                Format.CUSTOM,
-                1,
-                selection,
-                value=request.value,
-                parameters=parameters,
-                decode_ns=time.perf_counter_ns() - started,
-            )
+            return self._custom_json(request, fmt)
         if fmt is Format.CUSTOM:
             raise DecodeError(
                 f"pipeline '{self._pipeline.name}' takes tables (Arrow, pandas-records or OIP); "
                 "custom JSON needs a pipeline whose first step accepts custom-json"
             )
         if fmt is Format.PANDAS_RECORDS or (fmt is None and _is_records(envelope.value)):
-            records = formats.parse_records(envelope.value)
-            return Decoded(
-                envelope,
-                Format.PANDAS_RECORDS,
-                len(records),
-                selection,
-                records=records,
-                parameters=parameters,
-                decode_ns=time.perf_counter_ns() - started,
+            return self._records(request)
+        return self._table(request)
+
+    def _custom_json(self, request: _Request, fmt: Format | None) -> Decoded:
+        """Any JSON value, for a pipeline whose first step takes custom JSON."""
+        if fmt not in (None, Format.CUSTOM, Format.PANDAS_RECORDS):
+            raise DecodeError(
+                f"pipeline '{self._pipeline.name}' takes custom JSON; got {request.content_type}"
             )
-        request = formats.decode(envelope.value, content_type)
-        assert request.table is not None
-        table = self._pipeline.conform(request.table)
-        if request.parameters:
-            parameters = _merge(parameters, request.parameters)
-        return Decoded(
-            envelope,
-            request.format,
+        decoded = formats.decode(
+            request.envelope.value, request.content_type, custom=True, limits=self._limits
+        )
+        if decoded.format is not Format.CUSTOM:  # sniffed Arrow, or format=pandas-records
+            raise DecodeError(
+                f"pipeline '{self._pipeline.name}' takes custom JSON; "
+                f"got {formats.CONTENT_TYPES[decoded.format]}"
+            )
+        return request.done(Format.CUSTOM, 1, value=decoded.value)
+
+    def _records(self, request: _Request) -> Decoded:
+        """pandas-records JSON rows, parsed now and conformed with their micro-batch."""
+        records = formats.parse_records(request.envelope.value, self._limits)
+        return request.done(Format.PANDAS_RECORDS, len(records), records=records)
+
+    def _table(self, request: _Request) -> Decoded:
+        """An Arrow IPC stream or file, or an OIP request: a table conformed to the model."""
+        decoded = formats.decode(request.envelope.value, request.content_type, limits=self._limits)
+        assert decoded.table is not None
+        with stage(SchemaError):
+            table = self._pipeline.conform(decoded.table)
+            hash(table.schema)  # the batcher keys on it: a schema that cannot be hashed fails here
+        parameters = request.parameters
+        if decoded.parameters:
+            parameters = _merge(parameters, decoded.parameters)
+        return request.done(
+            decoded.format,
             table.num_rows,
-            selection,
             table=table,
-            oip_id=request.oip_id,
+            oip_id=decoded.oip_id,
             parameters=parameters,
-            decode_ns=time.perf_counter_ns() - started,
         )
 
     def _selection(self, found: dict[str, bytes]) -> Selection:

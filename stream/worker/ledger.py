@@ -4,17 +4,22 @@ Every consumed offset gets a slot. A slot is *resolved* when its outcome (result
 letter) is known, *sent* when handed to the producer in offset order, and *acked* when the
 broker confirmed it. The committable offset of a partition is one past the longest acked
 prefix, so a crash can repeat requests but never skip one.
+
+A slot holds memory until it is acked: the request's bytes from ``reserve``, and from
+``resolve`` on the bytes of its outcome, which the producer holds a copy of until the broker
+acknowledges it. :attr:`Ledger.pending_bytes` counts both, for the in-flight byte cap.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from dataclasses import dataclass, field
 
-from stream.types import Envelope, Outcome, Partition
+from pipelines.errors import TooLarge
+from stream.types import DeadLetter, Envelope, Outcome, Partition
 
-__all__ = ["Ledger", "PartitionLedger"]
+__all__ = ["Ledger", "PartitionLedger", "outcome_bytes"]
 
 
 @dataclass(slots=True)
@@ -22,6 +27,7 @@ class _Slot:
     envelope: Envelope
     rows: int
     outcome: Outcome | None = None
+    outcome_bytes: int = 0
     sent: bool = False
     acked: bool = False
 
@@ -46,7 +52,10 @@ class PartitionLedger:
         self.rows += rows
 
     def resolve(self, outcome: Outcome) -> None:
-        self.by_offset[outcome.envelope.offset].outcome = outcome
+        slot = self.by_offset[outcome.envelope.offset]
+        size = outcome_bytes(outcome)
+        self.bytes += size - slot.outcome_bytes
+        slot.outcome, slot.outcome_bytes = outcome, size
 
     def ready(self) -> Iterator[Outcome]:
         """Resolved outcomes whose earlier offsets were all sent, marked sent, in order."""
@@ -67,7 +76,7 @@ class PartitionLedger:
         while self.slots and self.slots[0].acked:
             done = self.slots.popleft()
             del self.by_offset[done.envelope.offset]
-            self.bytes -= len(done.envelope.value)
+            self.bytes -= len(done.envelope.value) + done.outcome_bytes
             self.rows -= done.rows
             self.unsent_from -= 1
             self.committed = done.envelope.offset + 1
@@ -98,9 +107,19 @@ class Ledger:
     def resolve(self, outcome: Outcome) -> None:
         self.partitions[outcome.envelope.partition].resolve(outcome)
 
-    def ready(self) -> Iterator[Outcome]:
-        for ledger in self.partitions.values():
-            yield from ledger.ready()
+    def ready(self, held: Container[Partition] = ()) -> Iterator[Outcome]:
+        """Outcomes to produce now, in offset order per partition; none of ``held`` ones.
+
+        ``held`` is read after each outcome, so a partition that becomes held while its
+        outcomes are produced stops there.
+        """
+        for partition, ledger in self.partitions.items():
+            if partition in held:
+                continue
+            for outcome in ledger.ready():
+                yield outcome
+                if partition in held:
+                    break
 
     def ack(self, envelope: Envelope) -> None:
         ledger = self.partitions.get(envelope.partition)
@@ -124,8 +143,17 @@ class Ledger:
 
     @property
     def pending_bytes(self) -> int:
+        """Bytes of requests and of their outcomes not yet acknowledged."""
         return sum(ledger.bytes for ledger in self.partitions.values())
 
     @property
     def pending_rows(self) -> int:
         return sum(ledger.rows for ledger in self.partitions.values())
+
+
+def outcome_bytes(outcome: Outcome) -> int:
+    """What an outcome adds to memory until acknowledged: a result's bytes, or the request's
+    bytes again in its dead letter (none for ``too_large``, published without them)."""
+    if isinstance(outcome, DeadLetter):
+        return 0 if isinstance(outcome.error, TooLarge) else len(outcome.envelope.value)
+    return len(outcome.value)

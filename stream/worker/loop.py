@@ -8,23 +8,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import cast
 
 import structlog
 
 from pipelines import Pipeline
 from pipelines.config import Settings, load_settings
-from pipelines.errors import ConfigError, OutputError, PipelineError, TooLarge
+from pipelines.errors import ConfigError, PipelineError
 from stream.errors import TransactionAborted, WorkerError
-from stream.headers import dead_letter_headers
 from stream.kafka.clients import Consumer, Producer
 from stream.ops.health import Health
 from stream.ops.metrics import Metrics, NullMetrics
-from stream.types import DeadLetter, Headers, Outcome, Partition, Result
+from stream.types import DeadLetter, Outcome, Partition
 from stream.worker.batcher import Batch, Batcher
 from stream.worker.commit import Committer
 from stream.worker.decoding import Decoded, Decoder
+from stream.worker.intake import Guardrail, Intake
 from stream.worker.ledger import Ledger
+from stream.worker.publisher import Publisher
 from stream.worker.serving import Server
 
 __all__ = ["Worker"]
@@ -32,6 +32,7 @@ __all__ = ["Worker"]
 _log = structlog.get_logger("headrace.worker")
 _IDLE_POLL_S = 0.1
 _OBSERVE_EVERY_S = 5.0
+_BACKPRESSURE = "back-pressure"
 
 
 class Worker:
@@ -54,6 +55,7 @@ class Worker:
         self.pipeline = pipeline
         self.settings = settings
         self.running = True
+        self._stop_at: float | None = None
         self._consumer = consumer
         self._producer = producer
         self._clock = clock
@@ -64,10 +66,22 @@ class Worker:
         self._committer = committer(self._ledger)
         self._decoder = Decoder(pipeline, settings.processing, max_request_bytes)
         self._batcher = Batcher(settings.batching.max_rows, settings.batching.max_wait_ms, clock)
-        self._server = Server(pipeline, self._metrics)
-        self._paused: list[Partition] = []
-        self._failure: WorkerError | None = None
-        self._output_partitions = -1
+        self._server = self._server_for(pipeline)
+        self._intake = Intake(consumer)
+        self._guardrail = Guardrail(
+            settings.processing.max_consecutive_failures, self._intake, self._health
+        )
+        self._publisher = Publisher(
+            producer,
+            self._ledger,
+            self._committer,
+            settings.kafka,
+            metrics=self._metrics,
+            health=self._health,
+            clock=clock,
+            wall_clock_ms=wall_clock_ms,
+            observe=self._guardrail.observe,
+        )
         self._max_request_bytes = max_request_bytes
         self._reload_requested = False
         self._observed_at = -_OBSERVE_EVERY_S
@@ -84,8 +98,19 @@ class Worker:
             self.shutdown()
 
     def stop(self) -> None:
-        """Ask the loop to stop after this iteration (safe from a signal handler)."""
+        """Ask the loop to stop after this iteration (safe from a signal handler).
+
+        What was consumed is still served, for up to half of
+        ``processing.shutdown_timeout_s``; a batch still running then (a hanging step) is
+        abandoned, its requests left uncommitted to be served again after a restart.
+        """
         self.running = False
+        if self._stop_at is None:
+            self._stop_at = self._clock() + self.settings.processing.shutdown_timeout_s / 2
+
+    def _should_stop(self) -> bool:
+        """Whether a running batch must give up now: the shutdown grace period is over."""
+        return self._stop_at is not None and self._clock() >= self._stop_at
 
     def request_reload(self) -> None:
         """Re-read the config before the next iteration (safe from a signal handler)."""
@@ -101,12 +126,12 @@ class Worker:
             self._reload()
         self._consume()
         self._serve(self._batcher.due())
-        self._publish()
+        self._publisher.publish()
         self._apply_backpressure()
         self._commit(self._clock())
         self._observe(self._clock())
-        if self._failure is not None:
-            raise self._failure
+        if self._publisher.failure is not None:
+            raise self._publisher.failure
 
     def shutdown(self) -> None:
         """Serve what was consumed, publish it, wait for acknowledgements and commit."""
@@ -116,7 +141,7 @@ class Worker:
     def finish(self, partitions: list[Partition] | None) -> None:
         """Serve, publish and commit everything consumed (all, or before revoking)."""
         self._serve(self._batcher.drain())
-        self._publish()
+        self._publisher.publish()
         remaining = self._producer.flush(self.settings.processing.shutdown_timeout_s)
         if remaining:
             _log.warning(
@@ -137,8 +162,9 @@ class Worker:
         _log.info("partitions revoked; finishing them", partitions=[str(p) for p in partitions])
         self.finish(partitions)
         self._ledger.forget(partitions)
+        self._publisher.forget(partitions)
+        self._intake.revoked(partitions)
         self._health.partitions = max(0, self._health.partitions - len(partitions))
-        self._paused = [p for p in self._paused if p not in partitions]
 
     def _consume(self) -> None:
         timeout = self._batcher.max_wait_s if self._batcher.rows else _IDLE_POLL_S
@@ -170,94 +196,17 @@ class Worker:
     def _serve(self, batches: Sequence[Batch]) -> None:
         for batch in batches:
             started = time.perf_counter()
-            outcomes = self._server.serve(batch.requests)
-            for outcome in outcomes:
+            outcomes = [o for o in self._server.serve(batch.requests) if o is not None]
+            for outcome in outcomes:  # a request left unserved (stopping) stays uncommitted
                 self._ledger.resolve(outcome)
             self._log_batch(batch, outcomes, time.perf_counter() - started)
-            self._publish()  # results leave as soon as their batch is served
+            self._publisher.publish()  # results leave as soon as their batch is served
 
-    def _publish(self) -> None:
-        for outcome in self._ledger.ready():
-            self._committer.before_produce()
-            if isinstance(outcome, Result):
-                self._publish_result(outcome)
-            else:
-                self._publish_dead_letter(outcome)
-        self._producer.poll(0)
-
-    def _publish_result(self, result: Result) -> None:
-        kafka = self.settings.kafka
-        envelope = result.envelope
-        if len(result.value) > kafka.max_message_bytes:
-            message = (
-                f"result of {len(result.value)} bytes is over the limit of "
-                f"{kafka.max_message_bytes} bytes (kafka.max_message_bytes)"
-            )
-            self._publish_dead_letter(DeadLetter(envelope, OutputError(message)))
-            return
-
-        def delivered(error: str | None) -> None:
-            if error is None:
-                self._ledger.ack(envelope)
-                self._metrics.served(result.rows, envelope.timestamp_ms, self._wall_clock_ms())
-            else:
-                message = f"result could not be published to '{kafka.output_topic}': {error}"
-                self._publish_dead_letter(DeadLetter(envelope, OutputError(message)))
-
-        self._producer.produce(
-            kafka.output_topic,
-            result.value,
-            key=envelope.key,
-            headers=result.headers,
-            partition=self._output_partition(envelope.partition),
-            on_delivery=delivered,
+    def _server_for(self, pipeline: Pipeline) -> Server:
+        """A server whose long batches keep /healthz beating and give up past the grace."""
+        return Server(
+            pipeline, self._metrics, should_stop=self._should_stop, keep_alive=self._health.beat
         )
-
-    def _publish_dead_letter(self, dead: DeadLetter) -> None:
-        kafka = self.settings.kafka
-        envelope = dead.envelope
-
-        def delivered(error: str | None) -> None:
-            if error is None:
-                self._ledger.ack(envelope)
-                self._metrics.dead_lettered(dead.error.error_type)
-            else:
-                self._failure = WorkerError(
-                    f"dead letter for {envelope.partition}@{envelope.offset} could not be "
-                    f"published to '{kafka.dead_letter_topic}': {error}"
-                )
-
-        _log.info(
-            "request dead-lettered",
-            error_type=dead.error.error_type,
-            error=dead.error.message,
-            step=dead.error.step,
-            partition=str(envelope.partition),
-            offset=envelope.offset,
-        )
-        value, extra = envelope.value, cast(Headers, ())
-        if isinstance(dead.error, TooLarge):
-            # it cannot fit the dead-letter topic either: the record points at the original
-            value, extra = b"", (("x-original-bytes", str(len(envelope.value)).encode()),)
-        self._producer.produce(
-            kafka.dead_letter_topic,
-            value,
-            key=envelope.key,
-            headers=dead_letter_headers(
-                envelope, dead.error, group_id=kafka.group_id, failed_at_ms=self._wall_clock_ms()
-            )
-            + extra,
-            partition=None,
-            on_delivery=delivered,
-        )
-
-    def _output_partition(self, source: Partition) -> int | None:
-        """The input's partition number when the output topic has it, else by key."""
-        if self._output_partitions < 0:
-            self._output_partitions = self._producer.partitions_for(
-                self.settings.kafka.output_topic
-            )
-        return source.index if source.index < self._output_partitions else None
 
     def _reload(self) -> None:
         """Swap in the pipeline of the re-read config once in-flight batches are served.
@@ -292,14 +241,15 @@ class Worker:
                 "reload: these sections need a restart and were not applied", sections=ignored
             )
         self._serve(self._batcher.drain())
-        self._publish()
+        self._publisher.publish()
         old_version = self.pipeline.version
         self.settings = settings.model_copy(update=kept)
         self.pipeline = pipeline
         self._decoder = Decoder(pipeline, self.settings.processing, self._max_request_bytes)
-        self._server = Server(pipeline, self._metrics)
+        self._server = self._server_for(pipeline)
         batching = self.settings.batching
         self._batcher = Batcher(batching.max_rows, batching.max_wait_ms, self._clock)
+        self._guardrail.reset(self.settings.processing.max_consecutive_failures)
         _log.info(
             "pipeline reloaded",
             old_version=old_version,
@@ -308,19 +258,15 @@ class Worker:
         )
 
     def _apply_backpressure(self) -> None:
+        """Pause at the in-flight caps (request and outcome bytes alike), resume under half."""
         batching = self.settings.batching
         rows, size = self._ledger.pending_rows, self._ledger.pending_bytes
-        if not self._paused and (
-            rows >= batching.max_inflight_rows or size >= batching.max_inflight_bytes
-        ):
-            self._paused = self._consumer.assignment()
-            self._consumer.pause(self._paused)
-            _log.info("in-flight limit reached; partitions paused", rows=rows, bytes=size)
-        elif self._paused and (
-            rows < batching.max_inflight_rows // 2 and size < batching.max_inflight_bytes // 2
-        ):
-            self._consumer.resume(self._paused)
-            self._paused = []
+        if rows >= batching.max_inflight_rows or size >= batching.max_inflight_bytes:
+            if self._intake.hold(_BACKPRESSURE):
+                _log.info("in-flight limit reached; partitions paused", rows=rows, bytes=size)
+        elif rows < batching.max_inflight_rows // 2 and size < batching.max_inflight_bytes // 2:
+            self._intake.release(_BACKPRESSURE)
+        self._intake.enforce()  # partitions assigned while paused (the guardrail too)
 
     def _commit(self, now: float) -> None:
         try:

@@ -1,4 +1,8 @@
-"""``replicas: N``: N worker processes in one consumer group, stopped together by a signal."""
+"""``replicas: N``: N worker processes in one consumer group, stopped together by a signal.
+
+Replica ``i`` runs with ``HEADRACE_REPLICA_INDEX=i``: its slot in the group, which names its
+stable transactional id under exactly_once (:func:`stream.worker.runtime.transactional_id`).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from types import FrameType
 import structlog
 
 from stream.worker.processes import headrace_command, worker_environment
+from stream.worker.runtime import REPLICA_INDEX
 
 __all__ = ["run_replicas"]
 
@@ -25,7 +30,7 @@ def run_replicas(config: Path, replicas: int, bootstrap: str, metrics_port: int)
         children.append(
             subprocess.Popen(
                 headrace_command("run", str(config), "--replicas", "1"),
-                env=worker_environment(bootstrap, metrics_port=port),
+                env=worker_environment(bootstrap, metrics_port=port) | {REPLICA_INDEX: str(index)},
             )
         )
     _log.info("replicas started", replicas=replicas, pids=[child.pid for child in children])

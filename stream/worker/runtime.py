@@ -1,12 +1,18 @@
-"""Wiring a worker to Kafka from a deployment config, and running it until a signal."""
+"""Wiring a worker to Kafka from a deployment config, and running it until a signal.
+
+Under exactly_once each worker slot has a stable ``transactional.id`` (:func:`transactional_id`):
+a worker that starts in the slot of one that died fences it, and the broker aborts the
+transaction it left open at once, instead of after ``transaction.timeout.ms``.
+"""
 
 from __future__ import annotations
 
 import os
 import signal
 import socket
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from types import FrameType
 
@@ -16,16 +22,28 @@ from pipelines import Pipeline
 from pipelines.config import Settings
 from stream.kafka.admin import topic_partitions
 from stream.kafka.clients import KafkaConsumer, KafkaProducer
-from stream.kafka.config import worker_consumer_config, worker_producer_config
+from stream.kafka.config import (
+    transaction_timeout_ms,
+    worker_consumer_config,
+    worker_producer_config,
+)
 from stream.ops.health import Health, MetricsServer
 from stream.ops.metrics import Metrics, PrometheusMetrics
 from stream.worker.commit import AckCommitter, Committer, TransactionalCommitter
 from stream.worker.ledger import Ledger
 from stream.worker.loop import Worker
 
-__all__ = ["build_worker", "run_worker"]
+__all__ = ["REPLICA_INDEX", "build_worker", "run_worker", "transactional_id"]
 
 _log = structlog.get_logger("headrace.runtime")
+
+# The environment variable naming a worker's slot in its group: replica ``i`` of ``replicas: N``
+# gets ``i``; two ``headrace run`` of one group on one host set it apart (or kafka.instance_id).
+REPLICA_INDEX = "HEADRACE_REPLICA_INDEX"
+
+
+def _never() -> bool:
+    return False
 
 
 def build_worker(
@@ -34,23 +52,40 @@ def build_worker(
     bootstrap: str,
     metrics: Metrics | None = None,
     health: Health | None = None,
+    *,
+    stopping: Callable[[], bool] = _never,
 ) -> Worker:
-    """A worker on real Kafka: group consumer, idempotent (or transactional) producer."""
+    """A worker on real Kafka: group consumer, idempotent (or transactional) producer.
+
+    ``stopping()`` turns true once the worker is asked to stop: from then on its producer does
+    not wait for room in a full queue (a broker that does not answer must not hold up SIGTERM).
+    """
     kafka = settings.kafka
+    health = health or Health()
     exactly_once = settings.processing.guarantee == "exactly_once"
-    transactional_id = (
-        f"headrace-{kafka.group_id}-{socket.gethostname()}-{os.getpid()}" if exactly_once else None
-    )
+    transactional = transactional_id(settings) if exactly_once else None
     producer = KafkaProducer(
-        worker_producer_config(settings, bootstrap, transactional_id=transactional_id)
+        worker_producer_config(settings, bootstrap, transactional_id=transactional),
+        stopping=stopping,
     )
-    consumer = KafkaConsumer(worker_consumer_config(settings, bootstrap))
+    most = pipeline.max_serve_seconds(settings.batching.max_rows)
+    consumer = KafkaConsumer(
+        worker_consumer_config(settings, bootstrap, max_serve_s=most), on_error=_kafka_error
+    )
     interval_s = settings.processing.commit_interval_ms / 1000
+    if transactional is not None:
+        _log.info("exactly_once: transactional producer", transactional_id=transactional)
 
     def committer(ledger: Ledger) -> Committer:
         if exactly_once:
             return TransactionalCommitter(
-                consumer, producer, ledger, interval_s=interval_s, clock=time.monotonic
+                producer,
+                consumer.group_metadata,
+                ledger,
+                interval_s=interval_s,
+                clock=time.monotonic,
+                health=health,
+                timeout_s=transaction_timeout_ms(settings) / 1000,
             )
         return AckCommitter(consumer, ledger, interval_s)
 
@@ -64,6 +99,27 @@ def build_worker(
         metrics=metrics,
         health=health,
     )
+
+
+def transactional_id(settings: Settings, environ: Mapping[str, str] = os.environ) -> str:
+    """The stable ``transactional.id`` of this worker's slot: ``headrace-<group>-<slot>``.
+
+    The slot is ``kafka.instance_id`` when the settings have one, else this host's name and
+    the replica index (``HEADRACE_REPLICA_INDEX``; 0 for a plain ``headrace run``), so that a
+    worker restarted in its place takes the id over. Two workers must never share a slot: the
+    younger fences the older, which then stops with an error naming the id.
+    """
+    instance = getattr(settings.kafka, "instance_id", None)  # static membership, SPEC §6
+    index = environ.get(REPLICA_INDEX)
+    if instance:
+        slot = f"{instance}-{index}" if index else str(instance)
+    else:
+        slot = f"{socket.gethostname()}-{index or 0}"
+    return f"headrace-{settings.kafka.group_id}-{slot}"
+
+
+def _kafka_error(text: str) -> None:
+    _log.warning("kafka client error", error=text)
 
 
 def run_worker(settings: Settings, bootstrap: str) -> int:
@@ -80,16 +136,25 @@ def run_worker(settings: Settings, bootstrap: str) -> int:
             partitions=partitions,
             topic=kafka.input_topic,
         )
+    stopping = threading.Event()
     with _metrics_server(settings, pipeline) as (metrics, health):
-        worker = build_worker(settings, pipeline, bootstrap, metrics, health)
-        _serve(worker, settings, pipeline, bootstrap)
+        worker = build_worker(
+            settings, pipeline, bootstrap, metrics, health, stopping=stopping.is_set
+        )
+        _serve(worker, settings, pipeline, bootstrap, stopping)
     _log.info("worker stopped", pipeline=pipeline.name, pid=os.getpid())
     return 0
 
 
-def _serve(worker: Worker, settings: Settings, pipeline: Pipeline, bootstrap: str) -> None:
+def _serve(
+    worker: Worker,
+    settings: Settings,
+    pipeline: Pipeline,
+    bootstrap: str,
+    stopping: threading.Event,
+) -> None:
     kafka = settings.kafka
-    with _stop_on_signals(worker):
+    with _stop_on_signals(worker, stopping):
         _log.info(
             "worker started",
             pipeline=pipeline.name,
@@ -131,10 +196,11 @@ def _metrics_server(
 
 
 @contextmanager
-def _stop_on_signals(worker: Worker) -> Iterator[None]:
+def _stop_on_signals(worker: Worker, stopping: threading.Event) -> Iterator[None]:
     def stop(signum: int, frame: FrameType | None) -> None:
         del frame
         _log.info("stopping: finishing in-flight requests", signal=signal.Signals(signum).name)
+        stopping.set()
         worker.stop()
 
     def reload(signum: int, frame: FrameType | None) -> None:

@@ -1,0 +1,241 @@
+"""Publish stage: each outcome, in ledger order, to the output or the dead-letter topic.
+
+A result goes to the output topic (the input's partition number when the output topic has
+it, else by key); a dead letter carries the request's key, bytes and headers plus the
+``x-error-*`` and ``x-source-*`` headers, in the largest form that fits the producer (see
+:mod:`stream.worker.delivery`). The broker's acknowledgement settles the request in the
+ledger, which lets its offset be committed.
+
+When a delivery fails:
+
+- for a transient reason (timeout, leader change, brokers down ...): the record is produced
+  again after a backoff, in offset order, and its partition produces nothing new until it is
+  through (:class:`~stream.worker.delivery.InFlight`); after a few rounds ``/readyz`` says so,
+  and the retries go on while the worker runs. A worker that stops leaves such a request
+  uncommitted, to be served again.
+- a result refused for good (too large, invalid, not authorised) becomes an ``output_error``
+  dead letter;
+- a dead letter refused as too large is produced again in a smaller form; refused for good
+  otherwise, it becomes :attr:`Publisher.failure`: the worker cannot go on without losing it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import structlog
+
+from pipelines.config import KafkaSettings
+from pipelines.errors import OutputError
+from stream.errors import WorkerError
+from stream.kafka.clients import Producer
+from stream.ops.health import Health
+from stream.ops.metrics import Metrics
+from stream.types import DeadLetter, Outcome, Partition, Result
+from stream.worker.commit import Committer
+from stream.worker.delivery import DeadLetterShape, Delivery, InFlight, permanent, too_large
+from stream.worker.ledger import Ledger
+
+__all__ = ["UNDELIVERED", "Publisher"]
+
+_log = structlog.get_logger("headrace.worker")
+
+UNDELIVERED = "undelivered"  # the Health hold while records fail again and again
+_NOT_READY_AFTER_ROUNDS = 3
+
+
+def _ignore(outcome: Outcome) -> None:
+    del outcome
+
+
+class Publisher:
+    """Produces the ledger's ready outcomes and produces again what failed for a transient reason.
+
+    ``observe`` hears of each outcome as it is first produced (a result refused for good
+    again as its ``output_error`` dead letter): the guardrail counts them.
+    """
+
+    def __init__(
+        self,
+        producer: Producer,
+        ledger: Ledger,
+        committer: Committer,
+        kafka: KafkaSettings,
+        *,
+        metrics: Metrics,
+        health: Health,
+        clock: Callable[[], float],
+        wall_clock_ms: Callable[[], int],
+        observe: Callable[[Outcome], None] = _ignore,
+    ) -> None:
+        self._producer = producer
+        self._ledger = ledger
+        self._committer = committer
+        self._kafka = kafka
+        self._metrics = metrics
+        self._health = health
+        self._clock = clock
+        self._wall_clock_ms = wall_clock_ms
+        self._observe = observe
+        self._shape = DeadLetterShape(kafka)
+        self._flight = InFlight()
+        self._output_partitions = -1
+        self.failure: WorkerError | None = None
+
+    def publish(self) -> None:
+        """Produce what is due again, then every outcome the ledger has ready, in order."""
+        again = self._flight.due(self._clock())
+        if again:
+            _log.info("producing records again", records=len(again))
+        for delivery in again:
+            self._produce(delivery)
+        for outcome in self._ledger.ready(self._flight.held()):
+            self._produce(self._first(outcome))
+        self._producer.poll(0)
+        self._report()
+
+    def forget(self, partitions: Sequence[Partition]) -> None:
+        """Revoked partitions: late delivery reports of theirs change nothing."""
+        self._flight.forget(partitions)
+        self._report()
+
+    def _first(self, outcome: Outcome) -> Delivery:
+        """The delivery of an outcome produced for the first time."""
+        kafka = self._kafka
+        if isinstance(outcome, Result) and len(outcome.value) > kafka.max_message_bytes:
+            outcome = DeadLetter(
+                outcome.envelope,
+                OutputError(
+                    f"result of {len(outcome.value)} bytes is over the limit of "
+                    f"{kafka.max_message_bytes} bytes (kafka.max_message_bytes)"
+                ),
+            )
+        self._observe(outcome)
+        if isinstance(outcome, Result):
+            return Delivery(outcome)
+        return self._dead_letter(outcome)
+
+    def _dead_letter(self, dead: DeadLetter) -> Delivery:
+        envelope, error = dead.envelope, dead.error
+        _log.info(
+            "request dead-lettered",
+            error_type=error.error_type,
+            error=error.message,
+            step=error.step,
+            partition=str(envelope.partition),
+            offset=envelope.offset,
+        )
+        letter = self._shape(dead, self._wall_clock_ms())
+        assert letter is not None  # the smallest form is always there
+        if letter.form > 0:
+            _log.warning(
+                "dead letter over the producer's limit: published without its value",
+                partition=str(envelope.partition),
+                offset=envelope.offset,
+                limit=self._shape.limit,
+                form=letter.form,
+            )
+        return Delivery(dead, letter)
+
+    def _produce(self, delivery: Delivery) -> None:
+        self._committer.before_produce()
+        self._flight.add(delivery)
+        outcome, letter = delivery.outcome, delivery.letter
+        envelope = outcome.envelope
+
+        def delivered(error: str | None) -> None:
+            self._delivered(delivery, error)
+
+        if letter is None:
+            assert isinstance(outcome, Result)
+            self._producer.produce(
+                self._kafka.output_topic,
+                outcome.value,
+                key=envelope.key,
+                headers=outcome.headers,
+                partition=self._output_partition(envelope.partition),
+                on_delivery=delivered,
+            )
+        else:
+            self._producer.produce(
+                self._kafka.dead_letter_topic,
+                letter.value,
+                key=envelope.key,
+                headers=letter.headers,
+                partition=None,
+                on_delivery=delivered,
+            )
+
+    def _delivered(self, delivery: Delivery, error: str | None) -> None:
+        """A delivery report (inside ``poll``/``flush``)."""
+        outcome = delivery.outcome
+        ours = self._flight.owns(delivery)  # else of a partition revoked since
+        if error is None:
+            self._ledger.ack(outcome.envelope)  # the ledger ignores a revoked partition's
+            if isinstance(outcome, Result):
+                now_ms = self._wall_clock_ms()
+                self._metrics.served(outcome.rows, outcome.envelope.timestamp_ms, now_ms)
+            else:
+                self._metrics.dead_lettered(outcome.error.error_type)
+            if ours:
+                self._flight.done(delivery)
+        elif not ours:
+            return  # the partition's new owner serves the request again
+        elif not permanent(error):
+            if self._flight.failed(delivery, error, self._clock()):
+                _log.warning(
+                    "delivery failed for a transient reason; producing it again",
+                    partition=str(delivery.partition),
+                    offset=delivery.offset,
+                    error=error,
+                )
+        else:
+            self._flight.done(delivery)
+            self._refused(delivery, error)
+
+    def _refused(self, delivery: Delivery, error: str) -> None:
+        """A record the producer or broker refused for good."""
+        outcome, envelope = delivery.outcome, delivery.outcome.envelope
+        if isinstance(outcome, Result):
+            topic = self._kafka.output_topic
+            dead = DeadLetter(
+                envelope, OutputError(f"result could not be published to '{topic}': {error}")
+            )
+            self._observe(dead)
+            self._produce(self._dead_letter(dead))
+            return
+        smaller = None
+        if too_large(error) and delivery.letter is not None:
+            smaller = self._shape(outcome, self._wall_clock_ms(), after=delivery.letter.form)
+        if smaller is None:
+            self.failure = WorkerError(
+                f"dead letter for {envelope.partition}@{envelope.offset} could not be "
+                f"published to '{self._kafka.dead_letter_topic}': {error}"
+            )
+            return
+        _log.warning(
+            "dead letter refused as too large; producing it smaller",
+            partition=str(envelope.partition),
+            offset=envelope.offset,
+            error=error,
+            form=smaller.form,
+        )
+        self._produce(Delivery(outcome, smaller))
+
+    def _report(self) -> None:
+        """``/readyz`` is not ready while records of a partition fail round after round."""
+        stuck = self._flight.stuck(_NOT_READY_AFTER_ROUNDS)
+        if stuck is None:
+            self._health.release(UNDELIVERED)
+            return
+        partition, rounds, error = stuck
+        self._health.hold(
+            UNDELIVERED,
+            f"records of {partition} not delivered after {rounds} retries: {error}; retrying",
+        )
+
+    def _output_partition(self, source: Partition) -> int | None:
+        """The input's partition number when the output topic has it, else by key."""
+        if self._output_partitions < 0:
+            self._output_partitions = self._producer.partitions_for(self._kafka.output_topic)
+        return source.index if source.index < self._output_partitions else None

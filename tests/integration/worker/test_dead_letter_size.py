@@ -1,0 +1,58 @@
+"""`headrace run` with a request whose dead letter would not fit the producer's limit."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from pipelines.formats import Format
+from tests.integration.support import Topics
+from tests.integration.workers import (
+    Fleet,
+    Ids,
+    Request,
+    ccfraud_table,
+    content_type,
+    encode,
+    write_config,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_dead_letter_over_the_producer_limit_is_published_without_its_value(
+    fleet: Fleet, new_topics: Callable[..., Topics], tmp_path: Path
+) -> None:
+    """A request just under kafka.max_message_bytes that fails to decode and carries a 70 KB
+    header is dead-lettered without its bytes (x-original-bytes) but with its headers; the
+    worker stays up and serves the requests around it."""
+    limit = 200_000
+    topics = new_topics(partitions=1)
+    worker = fleet.start(write_config(tmp_path, topics, kafka={"max_message_bytes": limit}))
+    ids = Ids()
+    value, blob = b"\x00" * (limit - 1000), b"h" * 70_000
+    good = [
+        Request(
+            encode(ccfraud_table(ids.take(2)), Format.ARROW_STREAM),
+            f"good-{n}".encode(),
+            content_type(Format.ARROW_STREAM),
+        )
+        for n in range(2)
+    ]
+    bad = Request(value, b"bad", [("x-request-id", b"big-1"), ("x-blob", blob)])
+    sent = fleet.requests(topics).send([good[0], bad, good[1]])
+    outputs = fleet.outputs(topics)
+
+    assert not outputs.wait_answered(sent, timeout=30)
+    outputs.settle()
+    (dead,) = outputs.dead_letters
+    assert dead.source == sent[1].where
+    assert (dead.key, dead.value) == (b"bad", b"")
+    assert dead.header("x-original-bytes") == str(len(value))
+    assert dead.header("x-error-type") == "decode_error"
+    assert dead.header("x-request-id") == "big-1"
+    assert dead.header("x-blob") == blob.decode()
+    assert sorted(r.source for r in outputs.results) == [sent[0].where, sent[2].where]
+    assert worker.process.poll() is None
