@@ -15,7 +15,6 @@ from benchmarks._kafka import Commits, Drain, Message, fill, read_back, wait_sta
 from pipelines import load_settings
 from pipelines.config import Settings
 from pipelines.formats import CONTENT_TYPES, Format, encode_request
-from stream.cli.samples import DATA_DIR
 from stream.kafka.admin import create_topics, ensure_topics
 from stream.worker.processes import WorkerProcess
 
@@ -30,7 +29,7 @@ __all__ = [
     "wait_until",
 ]
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +172,7 @@ def _stable(bootstrap: str, group_id: str, timeout: float = 60.0) -> float:
 
 def sample_table() -> pa.Table:
     """The 1,000 rows of ``data/ccfraud_1k.arrow`` (a ``tensor`` of 29 float32 each)."""
-    return pa.ipc.open_file(DATA_DIR / "ccfraud_1k.arrow").read_all()
+    return pa.ipc.open_file(REPO / "data" / "ccfraud_1k.arrow").read_all()
 
 
 def json_requests(count: int, *, ids: str | None = None) -> list[Message]:
