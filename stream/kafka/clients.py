@@ -328,6 +328,9 @@ class KafkaProducer:
         self._partitions: dict[str, int] = {}
         self._stopping = stopping
         self._transactional_id = config.get("transactional.id")
+        # records refused before they left the process, reported at the next poll/flush as
+        # the protocol promises (a callback never runs inside produce)
+        self._refused: list[tuple[DeliveryCallback, str]] = []
 
     def produce(
         self,
@@ -349,24 +352,36 @@ class KafkaProducer:
                 return
             except BufferError:
                 if self._stopping():  # a dead broker must not hold up SIGTERM
-                    on_delivery("_QUEUE_FULL: Local: Queue full; not produced: stopping")
+                    self._refuse(on_delivery, "_QUEUE_FULL: Local: Queue full; not produced: stopping")
                     return
                 self._producer.poll(0.05)  # local queue full: let deliveries drain
             except KafkaException as exc:
                 # refused before it left the process (e.g. MSG_SIZE_TOO_LARGE): same path
                 # as a refusal by the broker
                 error = exc.args[0]
-                on_delivery(f"{error.name()}: {error.str()}")
+                self._refuse(on_delivery, f"{error.name()}: {error.str()}")
                 return
 
     def poll(self, timeout: float) -> None:
+        self._report_refused()
         try:
             self._producer.poll(timeout)
         except KafkaException as exc:
             raise KafkaClientError(reason_of(exc)) from exc
 
     def flush(self, timeout: float) -> int:
-        return int(self._producer.flush(timeout))
+        self._report_refused()
+        remaining = int(self._producer.flush(timeout))
+        self._report_refused()  # refused by produce calls of the callbacks flush ran
+        return remaining
+
+    def _refuse(self, on_delivery: DeliveryCallback, error: str) -> None:
+        self._refused.append((on_delivery, error))
+
+    def _report_refused(self) -> None:
+        while self._refused:
+            on_delivery, error = self._refused.pop(0)
+            on_delivery(error)
 
     def partitions_for(self, topic: str) -> int:
         if topic not in self._partitions:

@@ -336,18 +336,8 @@ def test_a_refused_record_is_reported_as_an_error_by_flush(backend: Backend) -> 
     ]
 
 
-def test_a_refusal_is_reported_inside_poll_or_flush_too(
-    backend: Backend, request: pytest.FixtureRequest
-) -> None:
+def test_a_refusal_is_reported_inside_poll_or_flush_too(backend: Backend) -> None:
     """``on_delivery`` of a refused record runs inside ``flush``, not from ``produce``."""
-    if isinstance(backend, _KafkaBackend):
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="KafkaProducer.produce calls on_delivery itself when librdkafka "
-                "refuses a record at once (MSG_SIZE_TOO_LARGE, _UNKNOWN_PARTITION)",
-            )
-        )
     topic = backend.topic()
     producer, reports = backend.producer(max_message_bytes=_MESSAGE_LIMIT), _Reports()
     producer.produce(

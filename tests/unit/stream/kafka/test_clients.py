@@ -200,8 +200,8 @@ class _FullQueue:
 def test_a_produce_waiting_on_a_full_queue_gives_up_once_stopping(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """While the worker runs, a full queue is waited on; once it is stopping, the record is
-    reported undelivered (a transient error) and ``produce`` returns."""
+    """While the worker runs, a full queue is waited on; once it is stopping, ``produce``
+    returns and the record is reported undelivered (a transient error) at the next poll."""
     monkeypatch.setattr(clients.confluent_kafka, "Producer", _FullQueue)
     stop = threading.Event()
     producer = KafkaProducer({}, stopping=stop.is_set)
@@ -210,6 +210,8 @@ def test_a_produce_waiting_on_a_full_queue_gives_up_once_stopping(
     started = time.monotonic()
     producer.produce("out", b"v", key=None, headers=(), partition=0, on_delivery=reports.append)
     assert 0.25 < time.monotonic() - started < 5
+    assert reports == []  # a delivery report never runs inside produce
+    producer.poll(0)
     assert len(reports) == 1
     assert reports[0] is not None and reports[0].startswith("_QUEUE_FULL:")
 
