@@ -352,7 +352,9 @@ class KafkaProducer:
                 return
             except BufferError:
                 if self._stopping():  # a dead broker must not hold up SIGTERM
-                    self._refuse(on_delivery, "_QUEUE_FULL: Local: Queue full; not produced: stopping")
+                    self._refuse(
+                        on_delivery, "_QUEUE_FULL: Local: Queue full; not produced: stopping"
+                    )
                     return
                 self._producer.poll(0.05)  # local queue full: let deliveries drain
             except KafkaException as exc:
