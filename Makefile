@@ -3,8 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# the benchmark's Quix Streams app has a virtualenv of its own: its pins never touch ours
+QUIX_VENV := .venv-quix
+QUIX_STAMP := $(QUIX_VENV)/.installed
 
-.PHONY: run test lint typecheck unit integration bench models clean fuzz chaos
+.PHONY: run test lint typecheck unit integration bench bench-quick models clean fuzz chaos
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,8 +46,17 @@ fuzz: $(STAMP)
 chaos: $(STAMP)
 	$(BIN)/python -m benchmarks.chaos $(CHAOS)
 
-bench: $(STAMP) models/heavy.onnx
+$(QUIX_STAMP): benchmarks/requirements-quix.txt
+	test -x $(QUIX_VENV)/bin/python || $(PYTHON) -m venv $(QUIX_VENV)
+	$(QUIX_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(QUIX_VENV)/bin/python -m pip install --quiet -r benchmarks/requirements-quix.txt
+	touch $(QUIX_STAMP)
+
+bench: $(STAMP) $(QUIX_STAMP) models/heavy.onnx
 	$(BIN)/python -m benchmarks
 
+bench-quick: $(STAMP) $(QUIX_STAMP) models/heavy.onnx
+	$(BIN)/python -m benchmarks --quick
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
+	rm -rf $(VENV) $(QUIX_VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -1,38 +1,48 @@
-"""The raw baseline: a plain confluent-kafka consume -> produce loop copying one topic to another.
+"""The transport limit: a plain confluent-kafka consume -> produce loop, one topic to another.
 
-``python -m benchmarks._copy BOOTSTRAP SOURCE TARGET COUNT`` copies ``COUNT`` messages (value,
-key and headers) with the worker's librdkafka settings, then flushes and exits: what the worker's
-Kafka path costs without decoding, models or encoding.
+``python -m benchmarks._copy BOOTSTRAP SOURCE TARGET GROUP COUNT`` copies ``COUNT`` messages
+(value, key and headers, to the same partition number) with the worker's librdkafka settings,
+flushes and exits (it commits nothing): what the Kafka path costs without decoding, models or
+encoding. It gives up after 10 minutes.
 """
 
 from __future__ import annotations
 
 import sys
+import time
+from typing import cast
 
 from confluent_kafka import Consumer, Producer
 
-from pipelines.config import KafkaSettings
-from stream.kafka.config import consumer_config, producer_config
+from benchmarks._kafka import PEER_CONSUMER, PEER_PRODUCER
 
 __all__ = ["copy"]
 
+_GIVE_UP_S = 600.0
 
-def copy(bootstrap: str, source: str, target: str, count: int) -> int:
+
+def copy(bootstrap: str, source: str, target: str, group: str, count: int) -> int:
     """Copy ``count`` messages from ``source`` to ``target``; the number copied."""
-    settings = KafkaSettings(group_id=f"headrace-bench-copy-{source}")
-    consumer = Consumer(consumer_config(settings, bootstrap))
-    producer = Producer(producer_config(settings, bootstrap, **{"message.max.bytes": 2_000_000}))
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, **PEER_CONSUMER})
+    producer = Producer({"bootstrap.servers": bootstrap, **PEER_PRODUCER})
     consumer.subscribe([source])
     copied = 0
+    deadline = time.monotonic() + _GIVE_UP_S
     try:
-        while copied < count:
+        while copied < count and time.monotonic() < deadline:
             for message in consumer.consume(1000, 0.1):
                 if message.error() is not None:
                     continue
                 value, key, headers = message.value(), message.key(), message.headers()
                 while True:
                     try:
-                        producer.produce(target, value, key, headers=headers)
+                        producer.produce(
+                            target,
+                            value,
+                            key,
+                            partition=cast(int, message.partition()),
+                            headers=headers,
+                        )
                         break
                     except BufferError:
                         producer.poll(0.05)
@@ -45,5 +55,5 @@ def copy(bootstrap: str, source: str, target: str, count: int) -> int:
 
 
 if __name__ == "__main__":
-    bootstrap, source, target, count = sys.argv[1:5]
-    copy(bootstrap, source, target, int(count))
+    bootstrap, source, target, group, count = sys.argv[1:6]
+    copy(bootstrap, source, target, group, int(count))

@@ -8,6 +8,7 @@ after the run so that the benchmark takes no CPU from the worker meanwhile.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -22,12 +23,47 @@ from confluent_kafka import (
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 
 from stream.types import Headers
 
-__all__ = ["Commits", "Drain", "Message", "Record", "fill", "read_back", "wait_stable"]
+__all__ = [
+    "PEER_CONSUMER",
+    "PEER_PRODUCER",
+    "Commits",
+    "Drain",
+    "Message",
+    "Record",
+    "create_topics",
+    "delete_topics",
+    "fill",
+    "read_back",
+    "wait_stable",
+]
 
 Message = tuple[bytes | None, bytes, Headers]  # key, value, headers
+
+# The librdkafka settings of the worker (stream.kafka.config's defaults, copied so that the
+# baselines do not move when the worker's code does): the raw copy and the minimal loop use
+# them, so that they differ from the worker in Python work only.
+PEER_CONSUMER: dict[str, str | int | bool] = {
+    "enable.auto.commit": False,
+    "enable.auto.offset.store": False,
+    "auto.offset.reset": "earliest",
+    "session.timeout.ms": 6000,
+    "heartbeat.interval.ms": 1500,
+    "fetch.wait.max.ms": 5,
+    "partition.assignment.strategy": "range",
+}
+PEER_PRODUCER: dict[str, str | int | bool] = {
+    "enable.idempotence": True,
+    "acks": "all",
+    "linger.ms": 2,
+    "batch.num.messages": 10_000,
+    "queue.buffering.max.messages": 200_000,
+    "partitioner": "murmur2_random",
+    "message.max.bytes": 2_000_000,
+}
 
 
 def fill(bootstrap: str, topic: str, messages: Iterable[Message], partitions: int) -> int:
@@ -91,11 +127,13 @@ class Commits:
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """What the benchmark keeps of a record read back: topic, CreateTime and request id."""
+    """A record read back: topic, CreateTime, request id header, key and value."""
 
     topic: str
     timestamp_ms: int
     request_id: bytes | None
+    key: bytes | None = None
+    value: bytes | None = None
 
 
 def read_back(
@@ -131,7 +169,35 @@ def _record(message: Any) -> Record:
     for name, value in message.headers() or ():
         if name == "x-request-id":
             request_id = value.encode() if isinstance(value, str) else bytes(value)
-    return Record(str(message.topic()), int(message.timestamp()[1]), request_id)
+    return Record(
+        str(message.topic()),
+        int(message.timestamp()[1]),
+        request_id,
+        message.key(),
+        message.value(),
+    )
+
+
+def create_topics(bootstrap: str, topics: Sequence[str], partitions: int) -> None:
+    """Create ``topics`` with ``partitions`` each (room for 2 MB records); wait until listed."""
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 2})
+    config = {"max.message.bytes": "2000000"}
+    new = [NewTopic(name, partitions, config=config) for name in topics]
+    for future in admin.create_topics(new, request_timeout=15).values():
+        future.result(timeout=20)
+    deadline = time.monotonic() + 15
+    while not set(topics) <= set(admin.list_topics(timeout=5).topics):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"topics {list(topics)} not listed 15 s after their creation")
+        time.sleep(0.05)
+
+
+def delete_topics(bootstrap: str, topics: Sequence[str]) -> None:
+    """Delete ``topics`` (the embedded broker keeps every byte in memory until then)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 2})
+    for future in admin.delete_topics(list(topics), operation_timeout=10).values():
+        with contextlib.suppress(KafkaException):  # gone already: nothing to free
+            future.result(timeout=15)
 
 
 def wait_stable(bootstrap: str, group_id: str, timeout: float) -> float | None:

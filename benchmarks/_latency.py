@@ -1,7 +1,8 @@
-"""``client.infer`` under a paced load: latencies from each call's scheduled time.
+"""Latency of one row: ``client.infer`` one call at a time and under a paced load, next to the
+broker's own one-way produce -> consume latency measured on the same broker.
 
 The client is looked up at run time (``stream.connect``): the bench still runs where it is
-missing, and reports the row as skipped.
+missing, and reports the rows as skipped.
 """
 
 from __future__ import annotations
@@ -16,11 +17,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["THREADS", "Latencies", "find_connect", "measure_client"]
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+
+from benchmarks._kafka import PEER_CONSUMER, create_topics, delete_topics
+
+__all__ = [
+    "BROKER_SETTINGS",
+    "THREADS",
+    "Latencies",
+    "broker_one_way",
+    "find_connect",
+    "measure_client",
+]
 
 THREADS = 32
 _WARM_UP_CALLS = 10  # the first calls wait for the worker's group join
-_ALONE_CALLS = 20
+BROKER_SETTINGS = (
+    f"producer linger.ms=0, acks=all; consumer fetch.wait.max.ms="
+    f"{PEER_CONSUMER['fetch.wait.max.ms']} (the worker's)"
+)
 
 
 @dataclass(slots=True)
@@ -53,18 +68,20 @@ def measure_client(
     environment: Mapping[str, str],
     row: object,
     *,
+    alone: int,
     rate: float,
     seconds: float,
 ) -> Latencies:
-    """Connect to ``config`` with ``environment`` set, warm up, then call ``infer(row)``
-    ``rate`` times a second for ``seconds`` from :data:`THREADS` threads sharing the client."""
+    """Connect to ``config`` with ``environment`` set, warm up, call ``infer(row)`` ``alone``
+    times one at a time, then ``rate`` times a second for ``seconds`` from :data:`THREADS`
+    threads sharing the client."""
     measured = Latencies()
     with _environment(environment):
         client = connect(config)
     try:
         for _ in range(_WARM_UP_CALLS):
             client.infer(row, timeout=60)
-        for _ in range(_ALONE_CALLS):
+        for _ in range(alone):
             began = time.perf_counter()
             client.infer(row, timeout=15)
             measured.alone.append((time.perf_counter() - began) * 1000)
@@ -76,6 +93,49 @@ def measure_client(
     finally:
         client.close()
     return measured
+
+
+def broker_one_way(bootstrap: str, topic: str, count: int) -> list[float]:
+    """Milliseconds from ``produce`` to ``consume`` of one small record, one at a time,
+    ``count`` times (after 20 to warm up), on a fresh one-partition topic."""
+    create_topics(bootstrap, [topic], 1)
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "linger.ms": 0, "acks": "all", "log_level": 2}
+    )
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"{topic}-reader",
+            "fetch.wait.max.ms": PEER_CONSUMER["fetch.wait.max.ms"],
+            "enable.auto.commit": False,
+            "log_level": 2,
+        }
+    )
+    consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+    found: list[float] = []
+    try:
+        for index in range(count + 20):
+            began = time.perf_counter()
+            producer.produce(topic, str(time.time_ns()).encode())
+            producer.poll(0)
+            if not _received(consumer, 10.0):
+                raise RuntimeError(f"a record produced to '{topic}' was not consumed in 10 s")
+            if index >= 20:
+                found.append((time.perf_counter() - began) * 1000)
+    finally:
+        consumer.close()
+        producer.flush(5)
+        delete_topics(bootstrap, [topic])
+    return found
+
+
+def _received(consumer: Consumer, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        message = consumer.poll(0.5)
+        if message is not None and message.error() is None:
+            return True
+    return False
 
 
 def _paced(call: Callable[[], object], rate: float, seconds: float, into: Latencies) -> None:
