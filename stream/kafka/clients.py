@@ -1,4 +1,4 @@
-"""The worker's view of Kafka: two small protocols and their confluent-kafka implementation.
+"""The confluent-kafka implementation of :mod:`stream.kafka.protocols`.
 
 The librdkafka configs they are built from come from :mod:`stream.kafka.config`. librdkafka's
 errors become :mod:`stream.errors` here: a refused commit :class:`~stream.errors.CommitFailed`,
@@ -10,8 +10,8 @@ Three things the adapters guarantee that librdkafka alone does not:
 - :meth:`KafkaConsumer.consume` never returns a message of a partition revoked while it ran
   (its new owner reads it again from the committed offset);
 - a message whose header names are not UTF-8, which confluent-kafka cannot read, still becomes
-  an :class:`Envelope`: one whose ``content-type`` the decoder refuses, naming the header, so
-  that it is dead-lettered (:func:`envelope_of`);
+  an :class:`Envelope`: one carrying :data:`stream.headers.UNREADABLE_HEADERS`, naming the
+  header, which the decoder refuses, so that it is dead-lettered (:func:`envelope_of`);
 - nothing blocks without bound: :meth:`KafkaProducer.produce` gives up on a full queue once
   the worker is stopping, and :meth:`KafkaConsumer.close` waits at most a few seconds for a
   broker that does not answer.
@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import confluent_kafka
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
@@ -30,115 +30,21 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from stream.errors import CommitFailed, KafkaClientError, TransactionAborted
 from stream.headers import UNREADABLE_HEADERS
 from stream.kafka.config import with_commit_callback, with_error_callback
+from stream.kafka.protocols import (
+    CommitCallback,
+    DeliveryCallback,
+    ErrorCallback,
+    RebalanceCallback,
+)
 from stream.types import Envelope, Headers, Partition
 
-__all__ = [
-    "CommitCallback",
-    "Consumer",
-    "DeliveryCallback",
-    "ErrorCallback",
-    "KafkaConsumer",
-    "KafkaProducer",
-    "Producer",
-    "RebalanceCallback",
-    "TransactionalProducer",
-    "envelope_of",
-    "reason_of",
-]
+__all__ = ["KafkaConsumer", "KafkaProducer", "envelope_of", "reason_of"]
 
-DeliveryCallback = Callable[[str | None], None]  # the error text, or None when acknowledged
-RebalanceCallback = Callable[[list[Partition]], None]
-ErrorCallback = Callable[[str], None]  # the text of an error no call returned
-# How an asynchronous commit ended: the offsets the broker stored, and the error of those it
-# did not store (None when it stored them all).
-CommitCallback = Callable[[dict[Partition, int], str | None], None]
-
-# The header that marks a message whose headers could not be read (see envelope_of).
 _CLOSE_TIMEOUT_S = 10.0
 
 
 def _never() -> bool:
     return False
-
-
-class Consumer(Protocol):
-    """What the worker needs of a group consumer; rebalance callbacks run inside consume."""
-
-    def subscribe(
-        self, topics: Sequence[str], on_assign: RebalanceCallback, on_revoke: RebalanceCallback
-    ) -> None: ...
-
-    def consume(self, max_messages: int, timeout: float) -> list[Envelope]: ...
-
-    def commit(self, offsets: Mapping[Partition, int], *, asynchronous: bool) -> None:
-        """Commit ``offsets`` (the next offset to read); CommitFailed when it is refused.
-
-        An asynchronous commit only starts here: how it ended goes to the callback of
-        :meth:`watch_commits`. A synchronous one waits (on a broker that does not answer, up
-        to about ``session.timeout.ms``).
-        """
-        ...
-
-    def watch_commits(self, callback: CommitCallback) -> None:
-        """Have ``callback`` hear how each asynchronous commit ended, inside a later consume."""
-        ...
-
-    def pause(self, partitions: Sequence[Partition]) -> None: ...
-
-    def resume(self, partitions: Sequence[Partition]) -> None: ...
-
-    def assignment(self) -> list[Partition]: ...
-
-    def lag(self) -> dict[Partition, int]:
-        """Messages between the position and the end of each assigned partition, where known."""
-        ...
-
-    def reachable(self, timeout: float) -> str | None:
-        """None when the broker answers a metadata request in time, else why not."""
-        ...
-
-    def close(self) -> None: ...
-
-
-class Producer(Protocol):
-    """What the worker needs of a producer; ``on_delivery`` runs inside ``poll``/``flush``."""
-
-    def produce(
-        self,
-        topic: str,
-        value: bytes,
-        *,
-        key: bytes | None,
-        headers: Headers,
-        partition: int | None,
-        on_delivery: DeliveryCallback,
-    ) -> None: ...
-
-    def poll(self, timeout: float) -> None: ...
-
-    def flush(self, timeout: float) -> int: ...
-
-    def partitions_for(self, topic: str) -> int: ...
-
-
-class TransactionalProducer(Producer, Protocol):
-    """A producer with the transaction calls of exactly-once mode."""
-
-    def init_transactions(self, timeout: float) -> None:
-        """Register the transactional id, fencing off an older producer that used it."""
-        ...
-
-    def begin_transaction(self) -> None: ...
-
-    def commit_transaction(
-        self, offsets: Mapping[Partition, int], group: object, timeout: float
-    ) -> None:
-        """Commit the open transaction with the consumer ``group``'s ``offsets`` in it.
-
-        TransactionAborted when it had to be aborted (it is then); KafkaClientError when it
-        could not be committed for another reason (timed out, fenced: a fatal error).
-        """
-        ...
 
 
 class KafkaConsumer:

@@ -33,7 +33,7 @@ from stream.errors import CommitFailed
 from stream.types import Envelope, Headers, Partition
 
 if TYPE_CHECKING:
-    from stream.kafka.clients import CommitCallback, DeliveryCallback, RebalanceCallback
+    from stream.kafka.protocols import CommitCallback, DeliveryCallback, RebalanceCallback
 
 __all__ = [
     "Commit",

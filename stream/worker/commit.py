@@ -17,7 +17,7 @@ from typing import Protocol
 import structlog
 
 from stream.errors import CommitFailed, KafkaClientError, TransactionAborted, WorkerError
-from stream.kafka.clients import Consumer, TransactionalProducer
+from stream.kafka.protocols import Consumer, TransactionalProducer
 from stream.ops.health import Health
 from stream.types import Partition
 from stream.worker.ledger import Ledger

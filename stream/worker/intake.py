@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import structlog
 
-from stream.kafka.clients import Consumer
+from stream.kafka.protocols import Consumer
 from stream.ops.health import Health
 from stream.types import DeadLetter, Outcome, Partition
 

@@ -15,7 +15,7 @@ from pipelines import Pipeline
 from pipelines.config import Settings, load_settings
 from pipelines.errors import ConfigError, PipelineError
 from stream.errors import TransactionAborted, WorkerError
-from stream.kafka.clients import Consumer, Producer
+from stream.kafka.protocols import Consumer, Producer
 from stream.ops.health import Health
 from stream.ops.metrics import Metrics, NullMetrics
 from stream.types import DeadLetter, Outcome, Partition

@@ -28,7 +28,7 @@ import structlog
 from pipelines.config import KafkaSettings
 from pipelines.errors import OutputError
 from stream.errors import WorkerError
-from stream.kafka.clients import Producer
+from stream.kafka.protocols import Producer
 from stream.ops.health import Health
 from stream.ops.metrics import Metrics
 from stream.types import DeadLetter, Outcome, Partition, Result

@@ -20,9 +20,10 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from pipelines.config import KafkaSettings
-from stream.kafka.clients import Consumer, KafkaConsumer, KafkaProducer, Producer
+from stream.kafka.clients import KafkaConsumer, KafkaProducer
 from stream.kafka.config import consumer_config, producer_config
 from stream.kafka.fakes import FakeBroker, FakeConsumer, FakeProducer
+from stream.kafka.protocols import Consumer, Producer
 from stream.types import Envelope, Partition
 from tests.integration.support import Topics
 
