@@ -219,6 +219,7 @@ class _Replayer:
             partition=self._target_partition(letter),
             on_delivery=partial(self._delivered, where),
         )
+        self._producer.poll(0)  # a refusal at once (too large) stops the replay before the next
 
     def _target_partition(self, letter: Envelope) -> int | None:
         """The request's own partition when it came from this input topic, else by key."""
