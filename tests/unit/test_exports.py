@@ -17,7 +17,12 @@ from stream import errors
 
 PACKAGES = sorted(
     ["pipelines", "stream"]
-    + [info.name for info in pkgutil.walk_packages(stream.__path__, "stream.") if info.ispkg]
+    + [
+        info.name
+        for package in (pipelines, stream)
+        for info in pkgutil.walk_packages(package.__path__, f"{package.__name__}.")
+        if info.ispkg
+    ]
 )
 
 

@@ -8,7 +8,6 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from pipelines import formats
 from pipelines.errors import DecodeError, OutputError, SchemaError, TooLarge
 from pipelines.formats import (
     CONTENT_TYPES,
@@ -1004,33 +1003,6 @@ def test_records_signature_is_the_column_names_in_first_seen_order() -> None:
     rows = parse_records(b'[{"b": 1}, {"a": 2, "b": 3}, {"c": 4}]')
     assert records_signature(rows) == ("b", "a", "c")
     assert records_signature(rows) == tuple(table_from_requests([rows]).column_names)
-
-
-# --- surface --------------------------------------------------------------------------------
-
-
-def test_public_names() -> None:
-    """The package exports exactly its documented API, sorted."""
-    assert formats.__all__ == [
-        "CONTENT_TYPES",
-        "Format",
-        "JsonValue",
-        "Limits",
-        "Request",
-        "decode",
-        "decode_response",
-        "encode",
-        "encode_many",
-        "encode_request",
-        "encode_value",
-        "format_for_content_type",
-        "parse_records",
-        "records_signature",
-        "table_from_pandas",
-        "table_from_records",
-        "table_from_requests",
-        "table_to_pandas",
-    ]
 
 
 def test_request_is_frozen() -> None:
