@@ -1,8 +1,11 @@
-"""Helpers shared by the integration tests: a test's topics, and consuming a known count."""
+"""Helpers shared by the integration tests: a test's topics, consuming a known count, and
+asking a worker's probes."""
 
 from __future__ import annotations
 
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 
 from confluent_kafka import Consumer, Message
@@ -48,3 +51,12 @@ def consume(consumer: Consumer, count: int, timeout: float = 20.0) -> list[Messa
         assert message.error() is None, message.error()
         messages.append(message)
     return messages
+
+
+def probe(port: int, path: str) -> tuple[int, str]:
+    """GET ``path`` (/metrics, /healthz, /readyz) of a worker's metrics port: status and body."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()

@@ -6,8 +6,6 @@ import os
 import re
 import signal
 import subprocess
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import yaml
 from pipelines.formats import Format
 from stream.kafka.broker import free_port
 from stream.worker.processes import headrace_command
-from tests.integration.support import Topics
+from tests.integration.support import Topics, probe
 from tests.integration.workers import (
     REPO,
     Fleet,
@@ -41,14 +39,6 @@ def _json_requests(ids: Ids, count: int, rows: int) -> list[Request]:
         )
         for n in range(count)
     ]
-
-
-def _get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as reply:
-            return reply.status, reply.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
 
 def _sample(metrics: str, name: str, **labels: str) -> float:
@@ -82,7 +72,7 @@ def test_metrics_count_the_traffic_sent(
     outputs.wait_for(results=40, dead_letters=3, timeout=30)
     outputs.settle()
 
-    status, metrics = _get(port, "/metrics")
+    status, metrics = probe(port, "/metrics")
     assert status == 200
     assert _sample(metrics, "headrace_requests_total", outcome="served") == 40
     assert _sample(metrics, "headrace_requests_total", outcome="dead_lettered") == 3
@@ -96,10 +86,10 @@ def test_metrics_count_the_traffic_sent(
     assert _sample(metrics, "headrace_request_latency_seconds_count") == 40
     assert _sample(metrics, "headrace_inflight_rows") == 0
     assert "headrace_consumer_lag" in metrics
-    assert _get(port, "/healthz") == (200, "ok\n")
-    ready, text = _get(port, "/readyz")
+    assert probe(port, "/healthz") == (200, "ok\n")
+    ready, text = probe(port, "/readyz")
     assert ready == 200 and "4 partitions" in text
-    assert _get(port, "/nothing")[0] == 404
+    assert probe(port, "/nothing")[0] == 404
     worker.signal(signal.SIGTERM)
     assert worker.wait(30) == 0
 
@@ -191,7 +181,7 @@ def test_a_secret_from_the_environment_appears_nowhere(
     outputs = fleet.outputs(topics)
     fleet.requests(topics).send([*_json_requests(Ids(), 3, rows=1), Request(b"junk", b"bad")])
     outputs.wait_for(results=3, dead_letters=1, timeout=30)
-    metrics = _get(port, "/metrics")[1]
+    metrics = probe(port, "/metrics")[1]
     worker.signal(signal.SIGTERM)
     assert worker.wait(30) == 0
 

@@ -12,8 +12,7 @@ import pytest
 
 from pipelines.formats import Format
 from stream.kafka.broker import free_port
-from tests.integration.ops.test_operations import _get
-from tests.integration.support import Topics
+from tests.integration.support import Topics, probe
 from tests.integration.workers import (
     CCFRAUD_STEPS,
     Fleet,
@@ -82,11 +81,11 @@ def test_the_guardrail_stops_a_broken_model_until_a_reload_fixes_it(
     assert [r.source for r in outputs.dead_letters] == [(0, n) for n in range(5)]
     assert {r.header("x-error-type") for r in outputs.dead_letters} == {"step_error"}
     assert not outputs.results
-    status, reason = _get(port, "/readyz")
+    status, reason = probe(port, "/readyz")
     assert status == 503
     assert "guardrail: 5 requests in a row failed in the steps" in reason
     assert "'broken'" in reason and "weights are NaN" in reason
-    assert _get(port, "/healthz") == (200, "ok\n")
+    assert probe(port, "/healthz") == (200, "ok\n")
     assert committed_offsets(topics)[0] == 5
 
     fixed = write_config(tmp_path, topics, batching=batching, processing=processing)
@@ -97,7 +96,7 @@ def test_the_guardrail_stops_a_broken_model_until_a_reload_fixes_it(
     outputs.settle()
     assert sorted(r.source for r in outputs.results) == [(0, n) for n in range(5, 20)]
     assert len(outputs.dead_letters) == 5
-    assert _get(port, "/readyz")[0] == 200
+    assert probe(port, "/readyz")[0] == 200
     assert _committed(topics, 20, timeout=10) == 20
     worker.signal(signal.SIGTERM)
     assert worker.wait(30) == 0
