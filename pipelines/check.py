@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.errors import ConfigError, StepError
+from pipelines.tensors import one_array
 
 __all__ = ["Check", "ColumnSource", "compile_check"]
 
@@ -440,7 +441,7 @@ class Check:
             message = f"check {self.name!r}: column {column!r} does not exist; available: {names}"
             raise StepError(message, step=self.name) from exc
         if isinstance(value, pa.ChunkedArray):
-            value = value.chunk(0) if value.num_chunks == 1 else value.combine_chunks()
+            value = one_array(value)
         if len(value) != num_rows:
             message = (
                 f"check {self.name!r}: column {column!r} has {len(value)} rows, not {num_rows}"

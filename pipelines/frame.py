@@ -30,6 +30,8 @@ class Frame:
     the next step reads; ``outputs`` are the last model or python step's columns (``out.*``);
     ``extra`` holds challenger and split columns already named (``out_<name>.<col>``);
     ``anomalies`` holds one boolean column per check; ``last_model`` one JSON string per row.
+    ``conformed`` is the model step whose input types ``inputs`` already has (the entry
+    model, when the batch was conformed at intake), so that it need not conform them again.
     """
 
     inputs: pa.Table
@@ -38,10 +40,11 @@ class Frame:
     extra: Mapping[str, pa.Array] = field(default_factory=lambda: _EMPTY)
     anomalies: Mapping[str, pa.Array] = field(default_factory=lambda: _EMPTY)
     last_model: pa.Array | None = None
+    conformed: object = None
 
     @classmethod
-    def start(cls, table: pa.Table) -> Self:
-        return cls(inputs=table, current=table)
+    def start(cls, table: pa.Table, conformed: object = None) -> Self:
+        return cls(inputs=table, current=table, conformed=conformed)
 
     @property
     def num_rows(self) -> int:

@@ -181,7 +181,8 @@ class Pipeline:
         should_stop: Callable[[], bool] | None = None,
         keep_alive: Callable[[], None] | None = None,
     ) -> BatchResult:
-        """Serve one micro-batch: ``table`` holds the requests' rows, ``row_counts`` their sizes.
+        """Serve one micro-batch: ``table`` holds the requests' rows, conformed (:meth:`conform`,
+        or a concatenation of conformed tables), ``row_counts`` their sizes.
 
         A failing batch is bisected until the failing requests are alone; only a request
         served on its own has its steps retried, so one bad request never fails its
@@ -287,7 +288,10 @@ class Pipeline:
         try:
             run.watch.check()
             frame = self._built.chain.run(
-                Frame.start(batch), run.context, retry=alone, elapsed=step_ns
+                Frame.start(batch, conformed=self._built.entry_model),
+                run.context,
+                retry=alone,
+                elapsed=step_ns,
             )
         except Stopped:
             run.result.unserved.extend(range(first, stop))

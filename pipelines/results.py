@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipelines.columns import repeat_text
 from pipelines.errors import SchemaError
 from pipelines.frame import Frame
 
@@ -46,7 +48,7 @@ def assemble(
     columns += [
         _elapsed(step_ns, decode_ns, rows_per_request),
         frame.last_model if frame.last_model is not None else pa.nulls(rows, pa.string()),
-        pa.repeat(pa.scalar(version), rows),
+        repeat_text(version, rows),
     ]
     return pa.Table.from_arrays(columns, names=names)
 
@@ -63,19 +65,32 @@ def select(
     ``metadata``, also spelled ``meta``), single columns (``out.dense_1``), or ``*`` for every
     group but ``metadata``.
     """
-    names = table.column_names
-    wanted = _normalise(["*"] if dataset is None else dataset, separator, names)
-    unwanted = _normalise(dataset_exclude or (), separator, names)
-    _check_known(table.column_names, wanted | unwanted)
-    keep = [
-        name
-        for name in table.column_names
-        if _matches(name, wanted, star=True) and not _matches(name, unwanted, star=False)
-    ]
+    keep, renamed = _selection(
+        tuple(table.column_names),
+        ("*",) if dataset is None else tuple(dataset),
+        tuple(dataset_exclude or ()),
+        separator,
+    )
     selected = table.select(keep)
-    if separator != ".":
-        selected = selected.rename_columns([name.replace(".", separator, 1) for name in keep])
-    return selected
+    return selected if renamed is None else selected.rename_columns(renamed)
+
+
+@functools.lru_cache(maxsize=1024)  # a batch's columns and its requests' datasets repeat
+def _selection(
+    names: tuple[str, ...], dataset: tuple[str, ...], exclude: tuple[str, ...], separator: str
+) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
+    """The columns :func:`select` keeps, and their new names when the separator is not '.'."""
+    wanted = _normalise(dataset, separator, names)
+    unwanted = _normalise(exclude, separator, names)
+    _check_known(names, wanted | unwanted)
+    keep = tuple(
+        name
+        for name in names
+        if _matches(name, wanted, star=True) and not _matches(name, unwanted, star=False)
+    )
+    if separator == ".":
+        return keep, None
+    return keep, tuple(name.replace(".", separator, 1) for name in keep)
 
 
 def _group(name: str) -> str:

@@ -1,7 +1,12 @@
 """Running leaves under their timeout, retries and backoff, and chains of steps.
 
-An attempt runs on a helper thread and is abandoned when it outlives ``timeout_ms``: the leaf's
-cancel token fires (an ONNX run is terminated through ``RunOptions``), the caller gets a
+A leaf that can be stopped from outside (``terminable``: an ONNX run, terminated through
+``RunOptions``) runs on the caller's thread while one watchdog thread per process times it: at
+its timeout, or when its serve call is asked to stop, the watchdog fires the leaf's cancel token
+and the run ends with a :class:`StepTimeout` (or :class:`Stopped`). No thread hand-off per batch.
+
+Any other leaf (a Python function, which nothing can interrupt) runs on a helper thread and is
+abandoned when it outlives ``timeout_ms``: its cancel token fires, the caller gets a
 :class:`StepTimeout` at once, and a fresh thread serves the next attempt, so a hung step never
 hangs the worker. A step keeps at most ``max_abandoned`` abandoned runs going; past that its
 attempts fail fast as :class:`Saturated` until one of them ends.
@@ -49,6 +54,8 @@ MAX_BACKOFF_S = 10.0
 SLICE_S = 0.05  # a wait looks at should_stop this often
 KEEP_ALIVE_EVERY_S = 0.5  # and calls keep_alive this often
 MIN_ABANDONED = 4
+WATCHDOG_TICK_S = SLICE_S  # the watchdog looks at the inline runs this often
+WATCHDOG_REST_S = 1.0  # and rests, until the next run, after this long with none
 
 
 def backoff_delay(
@@ -131,6 +138,14 @@ class Watch:
         if self._stopped:
             raise Stopped
 
+    def stopping(self) -> bool:
+        """:meth:`check` without raising: whether the call should stop (from any thread)."""
+        try:
+            self.check()
+        except Stopped:
+            return True
+        return False
+
     def _beat(self) -> None:
         now = self._clock()
         if self._keep_alive is not None and now - self._alive_at >= KEEP_ALIVE_EVERY_S:
@@ -201,7 +216,8 @@ class Guarded(Generic[T]):
         self.max_abandoned = max_abandoned
         self._sleep = sleep
         self._lock = threading.Lock()
-        self._worker = _DaemonWorker(f"headrace-step-{leaf.name}")
+        self._inline = bool(getattr(leaf, "terminable", False))
+        self._worker: _DaemonWorker | None = None  # started at the first threaded attempt
         self._abandoned: list[Future[T]] = []
 
     @property
@@ -250,6 +266,8 @@ class Guarded(Generic[T]):
                 f"of {watch.budget_s:.3g} s is spent"
             )
         cancel = Cancel()
+        if self._inline:
+            return self._attempt_inline(data, context, watch, limit, cancel)
         with self._lock:
             self._abandoned = [run for run in self._abandoned if not run.done()]
             if len(self._abandoned) >= self.max_abandoned:
@@ -258,6 +276,8 @@ class Guarded(Generic[T]):
                     f"still going (each ran past its timeout of {self.timeout_s * 1000:.0f} ms); "
                     "no new run starts until one of them ends"
                 )
+            if self._worker is None:
+                self._worker = _DaemonWorker(f"headrace-step-{self.name}")
             future: Future[T] = self._worker.submit(self.leaf, data, context, cancel)
         try:
             finished = watch.wait(future, limit)
@@ -266,21 +286,42 @@ class Guarded(Generic[T]):
             raise
         if not finished:
             self._abandon(future, cancel)
-            if limit < self.timeout_s:
-                raise BudgetSpent(
-                    f"{self.kind} step '{self.name}' was abandoned after {limit * 1000:.0f} ms: "
-                    f"its serve call's time budget of {watch.budget_s:.3g} s ran out"
-                )
-            raise StepTimeout(
-                f"{self.kind} step '{self.name}' ran past its timeout of "
-                f"{self.timeout_s * 1000:.0f} ms and was abandoned"
-            )
+            raise self._timed_out(limit, watch, "abandoned")
         try:
             return future.result()
         except PipelineError:
             raise
         except Exception as exc:
             raise StepError(f"{self.kind} step '{self.name}' failed: {exc}") from exc
+
+    def _attempt_inline(
+        self, data: T, context: StepContext, watch: Watch, limit: float, cancel: Cancel
+    ) -> T:
+        """Run a terminable leaf here, the watchdog cancelling it at ``limit`` or a stop."""
+        timer = _WATCHDOG.arm(limit, cancel, watch)
+        try:
+            return self.leaf(data, context, cancel)
+        except Exception as exc:
+            if timer.fired == _STOPPED:
+                raise Stopped from exc
+            if timer.fired == _EXPIRED:
+                raise self._timed_out(limit, watch, "terminated") from exc
+            if isinstance(exc, PipelineError):
+                raise
+            raise StepError(f"{self.kind} step '{self.name}' failed: {exc}") from exc
+        finally:
+            _WATCHDOG.disarm(timer)
+
+    def _timed_out(self, limit: float, watch: Watch, how: str) -> StepTimeout:
+        if limit < self.timeout_s:
+            return BudgetSpent(
+                f"{self.kind} step '{self.name}' was {how} after {limit * 1000:.0f} ms: "
+                f"its serve call's time budget of {watch.budget_s:.3g} s ran out"
+            )
+        return StepTimeout(
+            f"{self.kind} step '{self.name}' ran past its timeout of "
+            f"{self.timeout_s * 1000:.0f} ms and was {how}"
+        )
 
     def _abandon(self, future: Future[T], cancel: Cancel) -> None:
         """Cancel the attempt and leave it to end on its own thread; later ones get a new one."""
@@ -289,8 +330,89 @@ class Guarded(Generic[T]):
             return
         with self._lock:
             self._abandoned.append(future)
-            self._worker.retire()
-            self._worker = _DaemonWorker(f"headrace-step-{self.name}")
+            if self._worker is not None:
+                self._worker.retire()
+                self._worker = None
+
+
+_EXPIRED = "expired"
+_STOPPED = "stopped"
+
+
+class _Timer:
+    """One inline run the watchdog times: when to cancel it, and why it fired if it did."""
+
+    __slots__ = ("cancel", "deadline", "fired", "watch")
+
+    def __init__(self, deadline: float, cancel: Cancel, watch: Watch) -> None:
+        self.deadline = deadline
+        self.cancel = cancel
+        self.watch = watch
+        self.fired: str | None = None
+
+    def tick(self, now: float) -> None:
+        if self.fired is not None:
+            return
+        if now >= self.deadline:
+            self.fired = _EXPIRED
+        elif self.watch.hooked and self.watch.stopping():
+            self.fired = _STOPPED
+        else:
+            return
+        self.cancel.cancel()
+
+
+class _Watchdog:
+    """One daemon thread per process that times the inline runs of every step.
+
+    Arming and disarming a run are a dict write each (no lock, no wake-up): the thread ticks
+    every ``WATCHDOG_TICK_S`` while runs come, and rests on an event once none has come for
+    ``WATCHDOG_REST_S``; the first run after a rest wakes it.
+    """
+
+    def __init__(self) -> None:
+        self._timers: dict[int, _Timer] = {}
+        self._wake = threading.Event()
+        self._resting = True
+        self._started = False
+        self._start_lock = threading.Lock()
+
+    def arm(self, seconds: float, cancel: Cancel, watch: Watch) -> _Timer:
+        timer = _Timer(time.monotonic() + seconds, cancel, watch)
+        self._timers[id(timer)] = timer
+        if self._resting:
+            self._rouse()
+        return timer
+
+    def disarm(self, timer: _Timer) -> None:
+        self._timers.pop(id(timer), None)
+
+    def _rouse(self) -> None:
+        with self._start_lock:
+            if not self._started:
+                self._started = True
+                threading.Thread(target=self._watch, name="headrace-watchdog", daemon=True).start()
+        self._wake.set()
+
+    def _watch(self) -> None:
+        quiet_since = time.monotonic()
+        while True:
+            if not self._timers and time.monotonic() - quiet_since >= WATCHDOG_REST_S:
+                self._resting = True
+                if not self._timers:  # a run armed just now saw ``_resting`` or is seen here
+                    self._wake.wait()
+                self._wake.clear()
+                self._resting = False
+            time.sleep(WATCHDOG_TICK_S)
+            now = time.monotonic()
+            timers = list(self._timers.values())
+            if timers:
+                quiet_since = now
+            for timer in timers:
+                timer.tick(now)
+
+
+_WATCHDOG = _Watchdog()
 
 
 class _DaemonWorker:

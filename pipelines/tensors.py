@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from pipelines.errors import SchemaError
 
-__all__ = ["TensorSpec", "column_to_tensor", "conform_column", "tensor_to_column"]
+__all__ = ["TensorSpec", "column_to_tensor", "conform_column", "one_array", "tensor_to_column"]
 
 Column: TypeAlias = "pa.Array | pa.ChunkedArray"
 
@@ -46,18 +46,25 @@ class TensorSpec:
         return f"{self.value_type}[{dims}]" if self.shape else str(self.value_type)
 
 
+def one_array(column: Column) -> pa.Array:
+    """A column as one array, copying only when it has several chunks (``combine_chunks``
+    copies even one chunk: for a 1,000-row tensor column that costs more than the model)."""
+    if not isinstance(column, pa.ChunkedArray):
+        return column
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+
+
 def conform_column(column: Column, spec: TensorSpec, column_name: str) -> pa.Array:
     """Cast ``column`` to ``spec``'s Arrow type and check every row's shape."""
-    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    array = one_array(column)
     depth = _list_depth(array.type)
     if depth != len(spec.shape):
         array = _reshape_flat(array, spec) if depth == 1 else None
         if array is None:
             raise _mismatch(column_name, spec, column.type)
-    leaf = _leaf_type(array.type)
-    if not _castable(leaf, spec.value_type):
-        raise _mismatch(column_name, spec, column.type)
     if array.type != spec.arrow_type:
+        if not _castable(_leaf_type(array.type), spec.value_type):
+            raise _mismatch(column_name, spec, column.type)
         try:
             array = pc.cast(array, spec.arrow_type, safe=True)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
@@ -73,7 +80,7 @@ def column_to_tensor(array: pa.Array, spec: TensorSpec) -> np.ndarray:
     """The ``[rows, *shape]`` numpy tensor of a column already passed through conform_column."""
     values = array
     for _ in spec.shape:
-        values = values.flatten()
+        values = _flat(values)
     flat = values.to_numpy(zero_copy_only=False)
     rows = len(array)
     dims = [dim if dim is not None else -1 for dim in spec.shape]
@@ -149,21 +156,40 @@ def _check_shape(array: pa.Array, spec: TensorSpec, column_name: str) -> None:
             raise SchemaError(
                 f"column '{column_name}': null values where {spec.describe()} needs numbers"
             )
-        lengths = pc.list_value_length(level)
-        if len(lengths):
-            low, high = pc.min_max(lengths).values()
-            if dim is not None and (low.as_py() != dim or high.as_py() != dim):
-                bad = pc.index(pc.not_equal(lengths, dim), True).as_py()
+        if dim is not None and len(level):
+            lengths = _list_lengths(level)
+            if lengths.min() != dim or lengths.max() != dim:
+                bad = int(np.flatnonzero(lengths != dim)[0])
                 raise SchemaError(
                     f"column '{column_name}': expected {spec.describe()}, but row "
-                    f"{_row_of(array, axis, bad)} has {lengths[bad].as_py()} values "
+                    f"{_row_of(array, axis, bad)} has {lengths[bad]} values "
                     f"at axis {axis + 1} instead of {dim}"
                 )
-        level = level.flatten()
+        level = _flat(level)
     if level.null_count:
         raise SchemaError(
             f"column '{column_name}': null values where {spec.describe()} needs numbers"
         )
+
+
+def _flat(level: pa.Array) -> pa.Array:
+    """The values of a list array without nulls: ``flatten()`` without its compute call."""
+    if isinstance(level, pa.FixedSizeListArray):
+        size = level.type.list_size
+        return level.values.slice(level.offset * size, len(level) * size)
+    offsets = level.offsets
+    if not len(level):
+        return level.flatten()
+    start, stop = offsets[0].as_py(), offsets[-1].as_py()
+    return level.values.slice(start, stop - start)
+
+
+def _list_lengths(level: pa.Array) -> np.ndarray:
+    """Each list's length, from the offsets (no Arrow compute call: this runs per batch)."""
+    if isinstance(level, pa.FixedSizeListArray):
+        return np.full(len(level), level.type.list_size)
+    offsets = level.offsets.to_numpy()
+    return np.diff(offsets)
 
 
 def _row_of(array: pa.Array, axis: int, index: int) -> int:

@@ -15,6 +15,7 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from pipelines.formats._core import JsonValue
+from pipelines.tensors import one_array
 
 __all__ = [
     "SHORT_FLOATS",
@@ -44,11 +45,6 @@ _EXACT_IDS = frozenset(t.id for t in (pa.bool_(), *_SIGNED, *_UNSIGNED))
 def is_list(arrow_type: pa.DataType) -> bool:
     """Whether a type is one of Arrow's list types (plain, large, fixed-size)."""
     return isinstance(arrow_type, _LIST_TYPES)
-
-
-def one_array(column: pa.ChunkedArray) -> pa.Array:
-    """A column as one array, copying only when it has several chunks."""
-    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
 
 
 def row_spans(row_counts: Sequence[int]) -> list[tuple[int, int]]:

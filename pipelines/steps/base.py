@@ -2,7 +2,9 @@
 
 A leaf (model, python function) is called once per attempt with a :class:`Cancel` token it
 can hook to stop early; :class:`pipelines.runner.Guarded` wraps it with the timeout, retries
-and backoff of its config. Composite steps (split, shadow) and checks are steps directly.
+and backoff of its config. A leaf whose hook really stops a run in progress says so with a
+true ``terminable`` attribute, and is run on the caller's thread. Composite steps (split,
+shadow) and checks are steps directly.
 """
 
 from __future__ import annotations

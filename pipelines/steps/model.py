@@ -10,11 +10,18 @@ import numpy as np
 import onnxruntime as ort
 import pyarrow as pa
 
+from pipelines.columns import repeat_text
 from pipelines.config import ModelSpec
 from pipelines.errors import ConfigError, SchemaError, StepError, StepTimeout
 from pipelines.frame import Frame, StepContext
 from pipelines.steps.base import Cancel
-from pipelines.tensors import TensorSpec, column_to_tensor, conform_column, tensor_to_column
+from pipelines.tensors import (
+    TensorSpec,
+    column_to_tensor,
+    conform_column,
+    one_array,
+    tensor_to_column,
+)
 
 __all__ = ["ModelStep"]
 
@@ -41,6 +48,9 @@ class ModelStep:
     """Runs an ONNX model on the frame's columns; every output becomes ``out.<name>``."""
 
     kind = "model"
+    # a run stops at its cancel token (RunOptions.terminate): the runner runs it on the
+    # caller's thread under its watchdog instead of handing each batch to a helper thread
+    terminable = True
 
     def __init__(self, spec: ModelSpec, *, sha256: str, key: str, source: str = "config") -> None:
         """``source`` and ``key`` (the config file and the model's dotted key) name errors."""
@@ -93,9 +103,11 @@ class ModelStep:
 
     def __call__(self, frame: Frame, context: StepContext, cancel: Cancel) -> Frame:
         del context
-        table = self.conform(frame.current)
+        table = frame.current
+        if frame.conformed is not self or table is not frame.inputs:
+            table = self.conform(table)
         feeds = {
-            tensor.name: column_to_tensor(table.column(column).combine_chunks(), tensor)
+            tensor.name: column_to_tensor(one_array(table.column(column)), tensor)
             for column, tensor in self.inputs
         }
         options = ort.RunOptions()
@@ -114,7 +126,7 @@ class ModelStep:
                 f"for {frame.num_rows} input rows"
             )
         outputs = pa.Table.from_arrays(columns, names=self._output_names)
-        last_model = pa.repeat(pa.scalar(self._last_model), frame.num_rows)
+        last_model = repeat_text(self._last_model, frame.num_rows)
         return replace(frame.with_outputs(outputs), last_model=last_model)
 
 

@@ -152,20 +152,19 @@ def _slow_pipeline(
     return pipeline, set(threading.enumerate()) - before
 
 
-def test_long_onnx_run_is_terminated_and_its_thread_freed(
+def test_long_onnx_run_is_terminated_on_the_callers_thread(
     ws: Workspace, fake_sleep: FakeSleep
 ) -> None:
-    """An ONNX run past its timeout is terminated: its thread ends and the next call is served."""
-    pipeline, workers = _slow_pipeline(ws, fake_sleep, timeout_ms=200, retries=0)
-    assert workers  # the step runs its attempts on a helper thread
+    """An ONNX run past its timeout is terminated where it runs (no helper thread, no thread
+    left behind) and the next call is served."""
+    pipeline, started_threads = _slow_pipeline(ws, fake_sleep, timeout_ms=200, retries=0)
+    assert not started_threads
     x = pa.array([[1.0] * 16, [2.0] * 16], pa.list_(pa.float32()))
     started = time.monotonic()
-    with pytest.raises(StepTimeout):
+    with pytest.raises(StepTimeout, match="ran past its timeout of 200 ms and was terminated"):
         pipeline.infer(pa.table({"x": x, "n": [10**12, 1]}))
     assert time.monotonic() - started < 1.5
-    for worker in workers:
-        worker.join(timeout=3.0)
-        assert not worker.is_alive(), "the terminated run still holds its thread"
+    assert not [t for t in threading.enumerate() if t.name == "headrace-step-slow"]
     result = pipeline.infer(pa.table({"x": x, "n": [3, 1]}))
     assert result.column("in.n").to_pylist() == [3, 1]
     assert len(result.column("out.y")[0]) == 16
@@ -339,6 +338,91 @@ def test_a_hook_that_raises_ends_the_wait_with_its_own_error() -> None:
             _guarded(leaf, timeout_ms=10_000).run(1, StepContext(), retry=False)
     finally:
         leaf.release.set()
+
+
+class _Terminable:
+    """A leaf like an ONNX run: it runs until its cancel token fires, then raises."""
+
+    name = "term"
+    kind = "model"
+    terminable = True
+
+    def __init__(self) -> None:
+        self.threads: list[threading.Thread] = []
+        self.started = threading.Event()
+
+    def __call__(self, data: int, context: StepContext, cancel: Cancel, /) -> int:
+        self.threads.append(threading.current_thread())
+        stopped = threading.Event()
+        cancel.on_cancel(stopped.set)
+        self.started.set()
+        if stopped.wait(10):
+            raise RuntimeError("terminated")
+        return data
+
+
+def test_a_terminable_step_runs_on_the_callers_thread_until_its_timeout() -> None:
+    """No helper thread: the watchdog fires the cancel token at the timeout, and the run's own
+    error becomes a step timeout that says the run was terminated."""
+    leaf = _Terminable()
+    step = Guarded(leaf, timeout_ms=100, retries=1, backoff_ms=0)
+    started = time.monotonic()
+    with pytest.raises(StepTimeout, match="model step 'term' ran past its timeout of 100 ms"):
+        step.run(1, StepContext(), retry=True)
+    assert 0.19 <= time.monotonic() - started < 0.6  # two attempts of 100 ms
+    assert leaf.threads == [threading.current_thread()] * 2
+
+
+def test_a_terminable_step_that_returns_in_time_is_served() -> None:
+    class Quick(_Terminable):
+        def __call__(self, data: int, context: StepContext, cancel: Cancel, /) -> int:
+            return data * 2
+
+    assert Guarded(Quick(), timeout_ms=50, retries=0, backoff_ms=0).run(
+        4, StepContext(), retry=False
+    ) == 8
+
+
+def test_should_stop_terminates_an_inline_run_at_once() -> None:
+    leaf = _Terminable()
+    started = time.monotonic()
+    with watching(Watch(should_stop=leaf.started.is_set)), pytest.raises(Stopped):
+        Guarded(leaf, timeout_ms=10_000, retries=3, backoff_ms=0).run(
+            1, StepContext(), retry=True
+        )
+    assert time.monotonic() - started < 0.5
+    assert len(leaf.threads) == 1
+
+
+def test_keep_alive_is_called_while_an_inline_run_goes_on() -> None:
+    leaf = _Terminable()
+    clock = _FastClock(speed=5)
+    calls: list[float] = []
+    watch = Watch(keep_alive=lambda: calls.append(clock()), clock=clock)
+    with watching(watch), pytest.raises(StepTimeout):
+        Guarded(leaf, timeout_ms=600, retries=0, backoff_ms=0).run(1, StepContext(), retry=False)
+    assert len(calls) >= 3  # 3 s of watch time, a call every 0.5 s of it
+
+
+def test_a_hook_that_raises_during_an_inline_run_ends_it_with_its_own_error() -> None:
+    def broken() -> None:
+        raise ConnectionError("consumer closed")
+
+    watch = Watch(keep_alive=broken, clock=_FastClock(speed=10))
+    with pytest.raises(ConnectionError, match="consumer closed"), watching(watch):
+        Guarded(_Terminable(), timeout_ms=10_000, retries=0, backoff_ms=0).run(
+            1, StepContext(), retry=False
+        )
+
+
+def test_an_inline_run_cut_short_by_the_budget_says_so() -> None:
+    with watching(Watch(budget_s=0.05)), pytest.raises(BudgetSpent) as caught:
+        Guarded(_Terminable(), timeout_ms=10_000, retries=0, backoff_ms=0).run(
+            1, StepContext(), retry=False
+        )
+    message = str(caught.value)
+    assert re.match(r"model step 'term' was terminated after \d+ ms", message)
+    assert message.endswith("its serve call's time budget of 0.05 s ran out")
 
 
 def test_retries_stop_where_the_time_budget_ends() -> None:
