@@ -9,6 +9,10 @@ Three things the adapters guarantee that librdkafka alone does not:
 
 - :meth:`KafkaConsumer.consume` never returns a message of a partition revoked while it ran
   (its new owner reads it again from the committed offset);
+- the rebalance callbacks hear of the partitions that move, under either rebalance protocol,
+  and the assignment changes as the protocol requires once they return (eager:
+  ``assign``/``unassign`` of the whole assignment; cooperative: ``incremental_assign`` /
+  ``incremental_unassign`` of the increment);
 - a message whose header names are not UTF-8, which confluent-kafka cannot read, still becomes
   an :class:`Envelope`: one carrying :data:`stream.headers.UNREADABLE_HEADERS`, naming the
   header, which the decoder refuses, so that it is dead-lettered (:func:`envelope_of`);
@@ -26,10 +30,16 @@ from typing import Any
 
 import confluent_kafka
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from stream.errors import CommitFailed, KafkaClientError, TransactionAborted
 from stream.headers import UNREADABLE_HEADERS
-from stream.kafka.config import with_commit_callback, with_error_callback
+from stream.kafka.config import (
+    RebalanceProtocol,
+    rebalance_protocol,
+    with_commit_callback,
+    with_error_callback,
+)
 from stream.kafka.protocols import (
     CommitCallback,
     DeliveryCallback,
@@ -38,7 +48,7 @@ from stream.kafka.protocols import (
 )
 from stream.types import Envelope, Headers, Partition
 
-__all__ = ["KafkaConsumer", "KafkaProducer", "envelope_of", "reason_of"]
+__all__ = ["BrokerProbe", "KafkaConsumer", "KafkaProducer", "envelope_of", "reason_of"]
 
 _CLOSE_TIMEOUT_S = 10.0
 
@@ -53,11 +63,16 @@ class KafkaConsumer:
     ``on_error`` hears of the errors no call returns: client-level ones (a broker down) and
     those of single messages, which are skipped (librdkafka retries by itself). A fatal error
     is a KafkaClientError.
+
+    Under the eager protocol (range, roundrobin) a rebalance revokes the whole assignment and
+    then assigns the new one; under the cooperative one (``cooperative-sticky``) ``on_revoke``
+    and ``on_assign`` get only the partitions that move, and the others keep being read.
     """
 
     _UNREADABLE: frozenset[int] = frozenset()  # message error codes that stop reading too
 
     def __init__(self, config: Mapping[str, Any], *, on_error: ErrorCallback | None = None) -> None:
+        self.rebalance_protocol: RebalanceProtocol = rebalance_protocol(config)
         config = with_commit_callback(_with_errors(config, on_error), self._commit_done)
         self._consumer = confluent_kafka.Consumer(config)
         self._report = on_error or _ignore_error
@@ -191,13 +206,30 @@ class KafkaConsumer:
             failed.append(exc)
 
     def _assigned(self, consumer: object, partitions: list[TopicPartition]) -> None:
+        """confluent-kafka's ``on_assign``: ``partitions`` are the new assignment (eager) or
+        what is added to it (cooperative); they are read from once this returns."""
         del consumer
-        self._on_assign([Partition(tp.topic, tp.partition) for tp in partitions])
+        try:
+            self._on_assign([Partition(tp.topic, tp.partition) for tp in partitions])
+        finally:  # librdkafka waits for this, whatever the callback did
+            if self.rebalance_protocol == "COOPERATIVE":
+                self._consumer.incremental_assign(partitions)
+            else:
+                self._consumer.assign(partitions)
 
     def _revoked(self, consumer: object, partitions: list[TopicPartition]) -> None:
+        """confluent-kafka's ``on_revoke`` and ``on_lost``: ``partitions`` are the whole
+        assignment (eager) or what is taken from it (cooperative); while the callback runs
+        they are still assigned, so it can commit them."""
         del consumer
         self._revoked_now.update((tp.topic, tp.partition) for tp in partitions)
-        self._on_revoke([Partition(tp.topic, tp.partition) for tp in partitions])
+        try:
+            self._on_revoke([Partition(tp.topic, tp.partition) for tp in partitions])
+        finally:
+            if self.rebalance_protocol == "COOPERATIVE":
+                self._consumer.incremental_unassign(partitions)
+            else:
+                self._consumer.unassign()
 
     def _commit_done(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
         """confluent-kafka's ``on_commit``: how an asynchronous commit ended."""
@@ -350,6 +382,29 @@ class KafkaProducer:
                 "kafka.instance_id or HEADRACE_REPLICA_INDEX)"
             )
         return str(error.str())
+
+
+class BrokerProbe:
+    """Asks the broker for one topic's metadata, on a connection of its own: ``probe(timeout)``
+    is None when the broker answered within ``timeout`` seconds, else why not.
+
+    For :class:`stream.ops.health.BrokerWatch`, on its thread. Not the worker's consumer: with
+    confluent-kafka 2.x the calls on one consumer take turns, and a probe from a second thread
+    waited behind the loop's polls for as long as they went on (24 s in a 25-s measurement),
+    while one on its own client times out when it should. Its config
+    (:func:`stream.kafka.config.probe_config`) never lets it create the topic.
+    """
+
+    def __init__(self, config: Mapping[str, Any], topic: str) -> None:
+        self._admin = AdminClient(dict(config))
+        self._topic = topic
+
+    def __call__(self, timeout: float) -> str | None:
+        try:
+            self._admin.list_topics(self._topic, timeout=timeout)
+        except KafkaException as exc:
+            return reason_of(exc)
+        return None
 
 
 def envelope_of(message: confluent_kafka.Message) -> Envelope:

@@ -16,7 +16,8 @@ one ``run_once()`` at a time with no Kafka and no sleeping::
 
 Rebalance callbacks run inside ``consume`` and delivery callbacks inside ``poll``/``flush``,
 as they do with librdkafka; failures are scripted with :meth:`FakeProducer.fail_next`,
-:meth:`FakeProducer.hold` and :meth:`FakeConsumer.revoke`.
+:meth:`FakeProducer.hold` and :meth:`FakeConsumer.revoke`, and a rebalance of either protocol
+with :meth:`FakeConsumer.rebalance`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from stream.errors import CommitFailed
 from stream.types import Envelope, Headers, Partition
 
 if TYPE_CHECKING:
+    from stream.kafka.config import RebalanceProtocol
     from stream.kafka.protocols import CommitCallback, DeliveryCallback, RebalanceCallback
 
 __all__ = [
@@ -180,11 +182,23 @@ class FakeConsumer:
     As with librdkafka, :meth:`lag` knows only the partitions a record was consumed from,
     :meth:`close` revokes the assignment (calling ``on_revoke``) before leaving the group,
     and every call but ``close`` raises ``RuntimeError`` once the consumer is closed.
+
+    :meth:`rebalance` hands the consumer a new assignment the way ``rebalance_protocol`` does
+    it: EAGER (range, roundrobin: the default) revokes the whole assignment, then assigns the
+    new one from the committed offsets; COOPERATIVE (cooperative-sticky) revokes and assigns
+    only the partitions that change hands, and the kept ones read on from where they were.
     """
 
-    def __init__(self, broker: FakeBroker, group_id: str) -> None:
+    def __init__(
+        self,
+        broker: FakeBroker,
+        group_id: str,
+        *,
+        rebalance_protocol: RebalanceProtocol = "EAGER",
+    ) -> None:
         self.broker = broker
         self.group_id = group_id
+        self.rebalance_protocol: RebalanceProtocol = rebalance_protocol
         self.commits: list[Commit] = []
         self.closed = False
         self.unreachable: str | None = None  # set to make reachable() fail
@@ -312,6 +326,24 @@ class FakeConsumer:
     def assign(self, partitions: Sequence[Partition]) -> None:
         """Assign ``partitions`` in the next ``consume`` and call ``on_assign`` there."""
         self._rebalances.append(partial(self._assign_now, list(partitions)))
+
+    def rebalance(self, partitions: Sequence[Partition]) -> None:
+        """Make ``partitions`` the whole assignment in the next ``consume``, as a rebalance of
+        :attr:`rebalance_protocol` does (see the class)."""
+        self._rebalances.append(partial(self._rebalance_now, list(partitions)))
+
+    def _rebalance_now(self, partitions: list[Partition]) -> None:
+        if self.rebalance_protocol == "EAGER":
+            if self._positions:
+                self._revoke_now(None)
+            self._assign_now(partitions)
+            return
+        taken = [p for p in self.assignment() if p not in partitions]
+        added = [p for p in partitions if p not in self._positions]
+        if taken:
+            self._revoke_now(taken)
+        if added:
+            self._assign_now(added)
 
     def revoke(self, partitions: Sequence[Partition] | None = None) -> None:
         """Revoke ``partitions`` (default: all) in the next ``consume``, calling ``on_revoke``.

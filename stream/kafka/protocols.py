@@ -23,6 +23,7 @@ __all__ = [
 ]
 
 DeliveryCallback = Callable[[str | None], None]  # the error text, or None when acknowledged
+# The partitions that move in a rebalance (see Consumer)
 RebalanceCallback = Callable[[list[Partition]], None]
 ErrorCallback = Callable[[str], None]  # the text of an error no call returned
 # How an asynchronous commit ended: the offsets the broker stored, and the error of those it
@@ -31,7 +32,15 @@ CommitCallback = Callable[[dict[Partition, int], str | None], None]
 
 
 class Consumer(Protocol):
-    """What the worker needs of a group consumer; rebalance callbacks run inside consume."""
+    """What the worker needs of a group consumer; rebalance callbacks run inside consume.
+
+    ``on_assign`` gets the partitions added to the assignment and ``on_revoke`` those taken
+    from it, still assigned while it runs (so it can commit them). Under the eager rebalance
+    protocol that is the whole assignment at every rebalance; under the cooperative one
+    (``cooperative-sticky``) only the partitions that change hands: the others stay assigned
+    and are read from throughout. A callback that treats its list as a change of the
+    assignment is right under both.
+    """
 
     def subscribe(
         self, topics: Sequence[str], on_assign: RebalanceCallback, on_revoke: RebalanceCallback

@@ -1,7 +1,9 @@
 """``replicas: N``: N worker processes in one consumer group, stopped together by a signal.
 
 Replica ``i`` runs with ``HEADRACE_REPLICA_INDEX=i``: its slot in the group, which names its
-stable transactional id under exactly_once (:func:`stream.worker.runtime.transactional_id`).
+stable transactional id under exactly_once (:func:`stream.worker.runtime.transactional_id`)
+and, with ``kafka.instance_id``, its static group membership: ``group.instance.id`` is
+``<instance_id>-i`` (:func:`stream.kafka.config.group_instance_id`).
 """
 
 from __future__ import annotations

@@ -78,7 +78,20 @@ class _Consumer:
         self.during: Callable[[], None] = lambda: None
         self.leave = threading.Event()  # close() returns once set
         self.callbacks: dict[str, Callable[[object, list[TopicPartition]], None]] = {}
+        self.changes: list[tuple[str, list[int]]] = []  # assignment calls, by name
         _Consumer.made.append(self)
+
+    def assign(self, partitions: list[TopicPartition]) -> None:
+        self.changes.append(("assign", [tp.partition for tp in partitions]))
+
+    def unassign(self) -> None:
+        self.changes.append(("unassign", []))
+
+    def incremental_assign(self, partitions: list[TopicPartition]) -> None:
+        self.changes.append(("incremental_assign", [tp.partition for tp in partitions]))
+
+    def incremental_unassign(self, partitions: list[TopicPartition]) -> None:
+        self.changes.append(("incremental_unassign", [tp.partition for tp in partitions]))
 
     def subscribe(self, topics: list[str], **callbacks: Any) -> None:
         del topics
@@ -134,6 +147,40 @@ def test_without_a_rebalance_every_message_is_returned(
     stand_in.batch = [_Message("in", 0, 8), _Message("in", 1, 3)]
     envelopes = adapter.consume(100, 0.1)
     assert [(e.partition.index, e.offset) for e in envelopes] == [(0, 7), (0, 8), (1, 3)]
+
+
+@pytest.mark.parametrize(
+    ("strategy", "added", "taken"),
+    [
+        ("range", ("assign", [0, 1]), ("unassign", [])),
+        ("cooperative-sticky", ("incremental_assign", [0, 1]), ("incremental_unassign", [1])),
+    ],
+)
+def test_rebalance_callbacks_change_the_assignment_as_the_protocol_requires(
+    monkeypatch: pytest.MonkeyPatch,
+    strategy: str,
+    added: tuple[str, list[int]],
+    taken: tuple[str, list[int]],
+) -> None:
+    """Once the worker's callback returned (or raised), the eager protocol assigns and
+    unassigns the whole assignment, the cooperative one the increment, as librdkafka asks."""
+    monkeypatch.setattr(clients.confluent_kafka, "Consumer", _Consumer)
+    adapter = KafkaConsumer({"group.id": "g", "partition.assignment.strategy": strategy})
+    stand_in = _Consumer.made[-1]
+    heard: list[str] = []
+
+    def refuse(partitions: list[Partition]) -> None:
+        heard.append(f"revoke {[p.index for p in partitions]}")
+        raise RuntimeError("the worker failed while finishing")
+
+    adapter.subscribe(
+        ["in"], on_assign=lambda p: heard.append(f"assign {[x.index for x in p]}"), on_revoke=refuse
+    )
+    stand_in.callbacks["on_assign"](None, [TopicPartition("in", 0), TopicPartition("in", 1)])
+    with pytest.raises(RuntimeError):
+        stand_in.callbacks["on_revoke"](None, [TopicPartition("in", 1)])
+    assert heard == ["assign [0, 1]", "revoke [1]"]
+    assert stand_in.changes == [added, taken]
 
 
 def test_a_header_name_that_is_not_utf8_makes_the_request_a_decode_error(
