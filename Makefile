@@ -54,6 +54,7 @@ $(QUIX_STAMP): benchmarks/requirements-quix.txt
 
 bench: $(STAMP) $(QUIX_STAMP) models/heavy.onnx
 	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks.tracing
 
 bench-quick: $(STAMP) $(QUIX_STAMP) models/heavy.onnx
 	$(BIN)/python -m benchmarks --quick

@@ -39,6 +39,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller loads, one repetition")
     parser.add_argument("--repetitions", type=int, help="default: 3 (quick: 1)")
     parser.add_argument(
+        "--only",
+        help="comma-separated workloads (e.g. A-small,J-small) and/or tools (e.g. headrace,quix) "
+        "to run, for iterating: no latency or SIGKILL runs then",
+    )
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="multiply each workload's request count (longer drains, steadier rates)",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         help=f"the report (default: {_LAST_RUN.name} "
@@ -51,6 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out: Path = args.out or (log_dir / "last-run.md" if quick else _LAST_RUN)
     _build_heavy()
     tools = [tool for tool in TOOLS if tool != "quix" or quix_python() is not None] + ["bare"]
+    only = set(args.only.split(",")) if args.only else set()
     if "quix" not in tools:
         print("no .venv-quix (make bench creates it): the Quix Streams column is left out")
     header = _machine(quick=quick, repetitions=repetitions)
@@ -58,14 +70,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     requests = {"J": 5_000 if quick else 20_000, "A": 100 if quick else 400}
     workloads = [
-        Workload.make(kind, model, requests[kind]) for model in ("small", "heavy") for kind in "JA"
+        Workload.make(kind, model, int(requests[kind] * args.scale))
+        for model in ("small", "heavy")
+        for kind in "JA"
     ]
+    if only:
+        workloads = [w for w in workloads if w.label in only] or workloads
+        tools = [tool for tool in tools if tool in only] or tools
     results = Results({workload.label: workload.requests for workload in workloads})
     machine = _Machine()
     with stop_on_sigterm():
         for repetition in range(1, repetitions + 1):
             order = tools[repetition - 1 :] + tools[: repetition - 1]
-            _repetition(repetition, repetitions, log_dir, quick, order, workloads, results)
+            _repetition(
+                repetition, repetitions, log_dir, quick, order, workloads, results, full=not only
+            )
     elapsed = time.monotonic() - started
     report = "\n\n".join(
         [
@@ -88,9 +107,11 @@ def _repetition(  # noqa: PLR0917  # main's state, passed on
     tools: list[str],
     workloads: list[Workload],
     results: Results,
+    *,
+    full: bool = True,
 ) -> None:
     """Every tool (bare onnxruntime among them) on every workload on one fresh broker, then
-    the latencies and, in the last repetition, the SIGKILL recovery."""
+    (``full``) the latencies and, in the last repetition, the SIGKILL recovery."""
     rows = sample_rows()
     references = {model: reference(path, rows) for model, path in MODELS.items()}
     with EmbeddedBroker(free_port(), log_path=log_dir / f"broker-{repetition}.log") as broker:
@@ -102,6 +123,8 @@ def _repetition(  # noqa: PLR0917  # main's state, passed on
                     continue  # the same bytes as the small model's
                 checked = None if tool == "raw" else references[workload.model]
                 results.runs.append(_measure(bench, tool, workload, repetition, checked))
+        if not full:
+            return
         small = bench_config("small", log_dir)
         try:
             found = latency(bench, small, repetition)

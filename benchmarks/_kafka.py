@@ -25,6 +25,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from stream.kafka.config import CONSUMER_DEFAULTS, PRODUCER_DEFAULTS
 from stream.types import Headers
 
 __all__ = [
@@ -46,22 +47,11 @@ Message = tuple[bytes | None, bytes, Headers]  # key, value, headers
 # The librdkafka settings of the worker (stream.kafka.config's defaults, copied so that the
 # baselines do not move when the worker's code does): the raw copy and the minimal loop use
 # them, so that they differ from the worker in Python work only.
-PEER_CONSUMER: dict[str, str | int | bool] = {
-    "enable.auto.commit": False,
-    "enable.auto.offset.store": False,
-    "auto.offset.reset": "earliest",
-    "session.timeout.ms": 6000,
-    "heartbeat.interval.ms": 1500,
-    "fetch.wait.max.ms": 5,
-    "partition.assignment.strategy": "range",
-}
-PEER_PRODUCER: dict[str, str | int | bool] = {
-    "enable.idempotence": True,
-    "acks": "all",
-    "linger.ms": 2,
-    "batch.num.messages": 10_000,
-    "queue.buffering.max.messages": 200_000,
-    "partitioner": "murmur2_random",
+# the peers' clients use the worker's librdkafka defaults (the Quix Streams app excepted: it
+# keeps its own, as its users would)
+PEER_CONSUMER: dict[str, str | int | float | bool] = dict(CONSUMER_DEFAULTS)
+PEER_PRODUCER: dict[str, str | int | float | bool] = {
+    **PRODUCER_DEFAULTS,
     "message.max.bytes": 2_000_000,
 }
 

@@ -11,6 +11,7 @@ from pipelines.config import Settings, load_settings
 from pipelines.errors import (
     ConfigError,
     DecodeError,
+    Expired,
     OutputError,
     PipelineError,
     SchemaError,
@@ -26,6 +27,7 @@ if typing.TYPE_CHECKING:
 __all__ = [
     "ConfigError",
     "DecodeError",
+    "Expired",
     "OutputError",
     "Pipeline",
     "PipelineError",

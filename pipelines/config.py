@@ -51,6 +51,8 @@ DnsName = Annotated[
     str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", max_length=63)
 ]
 Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*$")]
+# What Kafka accepts as a group.instance.id (its topic-name rules), leaving room for "-<replica>"
+InstanceId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._\-]{1,240}$")]
 StepKind = Literal["model", "python", "check", "random_split", "shadow"]
 STEP_KINDS: tuple[StepKind, ...] = ("model", "python", "check", "random_split", "shadow")
 
@@ -185,6 +187,14 @@ class KafkaSettings(_Frozen):
     partitions: PositiveInt = 4
     max_message_bytes: Annotated[int, Field(ge=1024)] = 1_048_576  # requests, results, topics
     properties: dict[str, PropertyValue] = Field(default_factory=dict)
+    # Static group membership (group.instance.id), e.g. the pod name; replica i of
+    # `replicas: N` appends -i. Empty means none, so `${POD_NAME:-}` can leave it off.
+    instance_id: InstanceId | None = None
+
+    @field_validator("instance_id", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("properties", mode="after")
     @classmethod
@@ -231,6 +241,10 @@ class ProcessingSettings(_Frozen):
     # Requests failing in the steps in a row (a broken model, not bad input) before the worker
     # stops consuming and reports not-ready; 0 turns the guardrail off.
     max_consecutive_failures: Annotated[int, Field(ge=0)] = 1000
+    # A request consumed more than this long after its Kafka timestamp is not run: it is
+    # dead-lettered as expired, so a backlog after an outage is shed instead of served late.
+    # None (the default) keeps every request, whatever its age; x-deadline applies either way.
+    max_request_age_ms: PositiveInt | None = None
 
 
 class MetricsSettings(_Frozen):

@@ -7,7 +7,8 @@
     ├── StepError              a step raised, or returned the wrong number of rows
     │   └── StepTimeout        a step ran past its ``timeout_ms``
     ├── OutputError            a result that cannot be encoded or published
-    └── TooLarge               a request over the size limit
+    ├── TooLarge               a request over the size limit
+    └── Expired                a request consumed after its deadline: never run
 
 Each error carries ``error_type``, the value of the ``x-error-type`` dead-letter header, and
 ``permanent``: whether retrying the same request could ever succeed.
@@ -20,6 +21,7 @@ from typing import ClassVar
 __all__ = [
     "ConfigError",
     "DecodeError",
+    "Expired",
     "OutputError",
     "PipelineError",
     "SchemaError",
@@ -86,4 +88,11 @@ class TooLarge(PipelineError):  # noqa: N818 - named after its x-error-type, too
     """A request larger than the deployment's request size limit."""
 
     error_type = "too_large"
+    permanent = True
+
+
+class Expired(PipelineError):  # noqa: N818 - named after its x-error-type, expired
+    """A request consumed after its ``x-deadline`` or ``processing.max_request_age_ms``."""
+
+    error_type = "expired"
     permanent = True

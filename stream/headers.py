@@ -6,10 +6,11 @@ import functools
 from datetime import UTC, datetime
 
 from pipelines.errors import PipelineError
-from stream.types import Envelope, Headers
+from stream.types import Envelope, Headers, Partition
 
 __all__ = [
     "CONTENT_TYPE",
+    "DEADLINE",
     "DROPPED_HEADERS",
     "ERROR_HEADERS",
     "ERROR_MESSAGE",
@@ -19,6 +20,8 @@ __all__ = [
     "ORIGINAL_BYTES",
     "REPLAYED_FROM",
     "REQUEST_ID",
+    "TRACEPARENT",
+    "TRACESTATE",
     "UNREADABLE_HEADERS",
     "dead_letter_headers",
     "passthrough",
@@ -31,6 +34,9 @@ PARAM_PREFIX = "x-param-"
 DATASET = "x-dataset"
 DATASET_EXCLUDE = "x-dataset-exclude"
 DATASET_SEPARATOR = "x-dataset-separator"
+DEADLINE = "x-deadline"  # epoch ms after which the caller no longer wants the answer
+TRACEPARENT = "traceparent"  # W3C Trace Context: outcomes carry it with the worker's span id
+TRACESTATE = "tracestate"  # W3C Trace Context: passed through unchanged
 ERROR_TYPE = "x-error-type"
 ERROR_MESSAGE = "x-error-message"
 ERROR_STEP = "x-error-step"
@@ -77,39 +83,53 @@ def _utf8(text: str) -> bytes:
     return text.encode("utf-8", "replace")
 
 
-_encoded = functools.lru_cache(maxsize=4096)(_utf8)  # topics, versions, partitions
-
-
 def _name(key: str) -> str:
     """A header name the producer can encode, whatever bytes it was read from."""
     return key if key.isascii() else _utf8(key).decode("utf-8")
 
 
-def passthrough(envelope: Envelope) -> Headers:
-    """The request's headers that a result carries on unchanged."""
+def passthrough(envelope: Envelope, traceparent: bytes | None = None) -> Headers:
+    """The request's headers that a result carries on unchanged; with ``traceparent``, the
+    request's own ``traceparent`` is replaced by it (the worker's, W3C Trace Context)."""
     if not envelope.headers:
         return ()
-    return tuple(
+    kept = tuple(
         (_name(key), value)
         for key, value in envelope.headers
         if key.lower() not in _REPLACED_ON_RESULT and not key.lower().startswith(PARAM_PREFIX)
     )
+    if traceparent is None:
+        return kept
+    return tuple((key, traceparent if key.lower() == TRACEPARENT else value) for key, value in kept)
 
 
 def result_headers(
-    envelope: Envelope, *, content_type: str, pipeline: str, version: str
+    envelope: Envelope,
+    *,
+    content_type: str,
+    pipeline: str,
+    version: str,
+    traceparent: bytes | None = None,
 ) -> Headers:
-    """Headers of a result: identity, provenance, then the request's pass-through headers."""
-    partition = envelope.partition
+    """Headers of a result: identity, provenance, then the request's pass-through headers
+    (its ``traceparent`` replaced by ``traceparent``, the worker's, when given)."""
     return (
         (REQUEST_ID, _utf8(envelope.request_id)),
-        (CONTENT_TYPE, _encoded(content_type)),
-        ("x-pipeline", _encoded(pipeline)),
-        ("x-pipeline-version", _encoded(version)),
-        ("x-source-topic", _encoded(partition.topic)),
-        ("x-source-partition", _encoded(str(partition.index))),
-        ("x-source-offset", str(envelope.offset).encode()),
-        *passthrough(envelope),
+        *_provenance(content_type, pipeline, version, envelope.partition),
+        ("x-source-offset", b"%d" % envelope.offset),
+        *passthrough(envelope, traceparent),
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _provenance(content_type: str, pipeline: str, version: str, partition: Partition) -> Headers:
+    """The headers every result of one format, pipeline version and source partition shares."""
+    return (
+        (CONTENT_TYPE, _utf8(content_type)),
+        ("x-pipeline", _utf8(pipeline)),
+        ("x-pipeline-version", _utf8(version)),
+        ("x-source-topic", _utf8(partition.topic)),
+        ("x-source-partition", b"%d" % partition.index),
     )
 
 

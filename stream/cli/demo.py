@@ -2,9 +2,9 @@
 
 A private embedded broker on a free port (never 127.0.0.1:19092, so a user's broker or a running
 ``headrace broker`` is left alone), one ``headrace run`` worker process per pipeline, the sample
-requests of :mod:`stream.cli.samples` in every format (and a few malformed ones), then the results,
-the dead letters and the throughput as tables. Everything started here is stopped by pid on the
-way out: on success, on errors and on Ctrl-C.
+requests of :mod:`stream.cli.samples` in every format (a few malformed ones and one sent after
+its deadline among them), then the results, the dead letters and the throughput as tables.
+Everything started here is stopped by pid on the way out: on success, on errors and on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -221,7 +221,9 @@ def _serve_samples(
 def _sent_line(deployments: list[_Deployment]) -> str:
     counts = ", ".join(f"{d.name} {len(d.samples)}" for d in deployments)
     malformed = sum(s.malformed for d in deployments for s in d.samples)
-    return f"requests {counts}; {malformed} of them malformed on purpose"
+    late = sum(s.late for d in deployments for s in d.samples)
+    past = f" and {late} sent after its x-deadline" if late else ""
+    return f"requests {counts}; {malformed} of them malformed{past} on purpose"
 
 
 def _print_results(deployment: _Deployment, exchange: _Exchange) -> None:

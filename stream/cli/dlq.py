@@ -27,7 +27,15 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     dlq = commands.add_parser("dlq", help="inspect and replay dead letters")
     actions = dlq.add_subparsers(required=True, metavar="ACTION")
     replay_parser = actions.add_parser(
-        "replay", help="re-publish dead letters to the input topic, once per consumer group"
+        "replay",
+        help="re-publish dead letters to the input topic, once per consumer group",
+        description=(
+            "Re-publish dead letters to the input topic, without their x-error-* headers and "
+            "their x-deadline (a replay is a new request: the caller's deadline has passed), "
+            "with x-replayed-from naming the dead letter. expired dead letters (requests "
+            "consumed after their deadline, never run) are skipped unless --error-type expired "
+            "names them; too_large ones keep no value and are never replayed."
+        ),
     )
     replay_parser.add_argument("config", type=Path)
     _error_type_option(replay_parser)

@@ -2,11 +2,14 @@
 
 A pipeline gets the samples of its input: ccfraud-style (a ``tensor`` of 29 floats), digits-style
 (an 8x8 ``image``) or custom JSON (the forecast example). Each sample names itself in
-``x-request-id`` (and its key), so results and dead letters can be told apart.
+``x-request-id`` (and its key), so results and dead letters can be told apart. One ccfraud
+sample is a good request whose ``x-deadline`` has passed before it is sent: the worker
+dead-letters it as ``expired`` without running it.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +20,7 @@ from pipelines import Pipeline
 from pipelines.config import Settings
 from pipelines.errors import ConfigError
 from pipelines.formats import CONTENT_TYPES, Format, encode_request
+from stream import headers
 from stream.types import Headers
 
 __all__ = ["DEMO_PIPELINES", "Sample", "find_project", "samples_for"]
@@ -25,17 +29,20 @@ DEMO_PIPELINES = ("ccfraud", "digits", "forecast")
 _CHECKOUT = Path(__file__).resolve().parents[2]  # the source tree of an editable install
 _NEEDED = ("configs", "data")
 _STREAM_REQUESTS = 10  # the Arrow file's rows, sent again as this many Arrow stream requests
+_PAST_MS = 1_000  # the late sample's deadline: this long before its samples were made
 
 
 @dataclass(frozen=True, slots=True)
 class Sample:
-    """One request to send: its id (also the key), bytes, content type and expected rows."""
+    """One request to send: its id (also the key), bytes, content type and expected rows;
+    ``deadline_ms`` is its ``x-deadline`` (epoch ms), if any."""
 
     request_id: str
     value: bytes
     content_type: str | None
     rows: int
     malformed: bool = False
+    deadline_ms: int | None = None
 
     @property
     def key(self) -> bytes:
@@ -43,10 +50,17 @@ class Sample:
 
     @property
     def headers(self) -> Headers:
-        given = (("x-request-id", self.key),)
-        if self.content_type is None:
-            return given
-        return (*given, ("content-type", self.content_type.encode()))
+        given: Headers = ((headers.REQUEST_ID, self.key),)
+        if self.content_type is not None:
+            given = (*given, (headers.CONTENT_TYPE, self.content_type.encode()))
+        if self.deadline_ms is not None:
+            given = (*given, (headers.DEADLINE, str(self.deadline_ms).encode()))
+        return given
+
+    @property
+    def late(self) -> bool:
+        """Sent after its deadline on purpose: the worker dead-letters it as expired."""
+        return self.deadline_ms is not None and self.deadline_ms < _now_ms()
 
     @property
     def format(self) -> str:
@@ -116,8 +130,9 @@ def _ccfraud_samples(data: Path) -> list[Sample]:
     ]
     json_type = CONTENT_TYPES[Format.PANDAS_RECORDS]
     short = orjson.dumps([{"tensor": [0.5] * 28}])
+    smoke = (data / "smoke_test.df.json").read_bytes()
     return [
-        Sample("smoke-test", (data / "smoke_test.df.json").read_bytes(), json_type, 1),
+        Sample("smoke-test", smoke, json_type, 1),
         Sample("arrow-file-1k", arrow_file, CONTENT_TYPES[Format.ARROW_FILE], table.num_rows),
         *streams,
         Sample("high-fraud", (data / "high_fraud.df.json").read_bytes(), json_type, 1),
@@ -125,6 +140,7 @@ def _ccfraud_samples(data: Path) -> list[Sample]:
         Sample("garbage-bytes", b"\x00\x9f garbage, not a request \xfe", None, 0, malformed=True),
         Sample("tensor-28-floats", short, json_type, 0, malformed=True),
         Sample("wrong-shape-json", b'{"tensor": "29 floats"}', json_type, 0, malformed=True),
+        Sample("deadline-passed", smoke, json_type, 0, deadline_ms=_now_ms() - _PAST_MS),
     ]
 
 
@@ -153,6 +169,10 @@ def _forecast_samples(data: Path) -> list[Sample]:
         Sample("forecast-4-weeks", (data / "forecast.json").read_bytes(), custom, 1),
         Sample("three-days-only", b'{"count": [185, 195, 203]}', custom, 0, malformed=True),
     ]
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 def _sample(request_id: str, table: pa.Table, fmt: Format) -> Sample:

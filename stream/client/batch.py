@@ -78,12 +78,13 @@ class BatchInferenceClient(Closing):
     ) -> Frame:
         """Every row of ``df`` with its result columns, in input order (a Table for a Table).
 
-        ``timeout`` bounds each request (default 15 s). Without ``fail_fast`` the rows of a
-        failed request carry its error message in an ``error`` column (present only when
-        something failed) and the other rows are served; with it, the first failure raises
-        its InferenceFailed or InferenceTimeout. Qwak's resource arguments (``cpus``,
-        ``gpu_type``, ``gpus``, ``memory``, ``iam_role_arn``) are accepted in Qwak's order and
-        ignored with one warning: a headrace deployment's resources live in its config.
+        ``timeout`` bounds each request (default 15 s) and sets its ``x-deadline``. Without
+        ``fail_fast`` the rows of a failed request carry its error message in an ``error``
+        column (present only when something failed) and the other rows are served; with it,
+        the first failure raises its InferenceFailed or InferenceTimeout. Qwak's resource
+        arguments (``cpus``, ``gpu_type``, ``gpus``, ``memory``, ``iam_role_arn``) are accepted
+        in Qwak's order and ignored with one warning: a headrace deployment's resources live in
+        its config.
         """
         given = {"cpus": cpus, "gpu_type": gpu_type, "gpus": gpus, "memory": memory}
         _warn_ignored({**given, "iam_role_arn": iam_role_arn})
@@ -168,7 +169,7 @@ class _Run:
         try:
             while sent < len(spans) or self.inflight:
                 while sent < len(spans) and len(self.inflight) < executors:
-                    self._send(sent, spans[sent], outcomes)
+                    self._send(sent, spans[sent], outcomes, timeout)
                     sent += 1
                 for index, outcome in self._finished(timeout):
                     outcomes[index] = outcome
@@ -181,10 +182,12 @@ class _Run:
                 self.client.abandon(pending, timeout)
         return [outcome for outcome in outcomes if outcome is not None]
 
-    def _send(self, index: int, span: tuple[int, int], outcomes: list[Answer | None]) -> None:
+    def _send(
+        self, index: int, span: tuple[int, int], outcomes: list[Answer | None], timeout: float
+    ) -> None:
         request = wire.build_request(self.table.slice(*span), self.options, custom=False)
         try:
-            pending = self.client.send(request)
+            pending = self.client.send(request, timeout=timeout)
         except InferenceFailed as exc:  # refused before it left (too large)
             if self.fail_fast:
                 raise

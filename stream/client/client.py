@@ -7,21 +7,27 @@ the input topic and wait for their results (or dead letters) by ``x-request-id``
 
 A client sends through a :class:`~stream.client.transport.Transport`, Kafka's by default (see
 :mod:`stream.client.transport`). Any number of threads and asyncio tasks may share one client.
+
+Every request a call sends carries ``x-deadline``: the wall-clock time (epoch ms) at which the
+call stops waiting for it, so a worker that consumes it later dead-letters it as ``expired``
+instead of serving an answer nobody reads. A request that already has ``x-deadline`` keeps it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pipelines.config import Settings
+from stream import headers
 from stream.client import files, wire
 from stream.client.deployments import Deployment, resolve_settings
 from stream.client.transport import KafkaTransport, Transport
@@ -33,6 +39,11 @@ from stream.errors import (
 from stream.kafka.broker import connect_kafka
 
 __all__ = ["Client", "Pending", "connect"]
+
+
+def _now_ms() -> int:
+    """The wall clock in epoch milliseconds: what ``x-deadline`` is written in."""
+    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,12 +70,14 @@ class Client(Closing):
         *,
         on_close: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock_ms: Callable[[], int] = _now_ms,
     ) -> None:
         self.settings = settings
         self.custom = wire.is_custom(settings)
         self._transport = transport
         self._on_close = on_close
         self.clock = clock
+        self._wall_clock_ms = wall_clock_ms
         self._closed = False
 
     def infer(
@@ -84,7 +97,8 @@ class Client(Closing):
         """
         options = wire.Options.of(dataset, dataset_exclude, dataset_separator, parameters)
         _check_timeout(timeout)
-        return self._wait(self.send(wire.build_request(data, options, custom=self.custom)), timeout)
+        request = wire.build_request(data, options, custom=self.custom)
+        return self._wait(self.send(request, timeout=timeout), timeout)
 
     def infer_from_file(  # noqa: PLR0917  # Wallaroo's signature, positional order included
         self,
@@ -105,7 +119,7 @@ class Client(Closing):
         options = wire.Options.of(dataset, dataset_exclude, dataset_separator, parameters)
         _check_timeout(timeout)
         request = wire.build_request(request_data, options, custom=self.custom, fmt=fmt)
-        return self._wait(self.send(request), timeout)
+        return self._wait(self.send(request, timeout=timeout), timeout)
 
     async def parallel_infer(
         self,
@@ -139,10 +153,16 @@ class Client(Closing):
 
         return list(await asyncio.gather(*(one(request) for request in requests)))
 
-    def send(self, request: wire.Request) -> Pending:
-        """Send an encoded request under a fresh request id (the building block of the calls)."""
+    def send(self, request: wire.Request, *, timeout: float | None = None) -> Pending:
+        """Send an encoded request under a fresh request id (the building block of the calls).
+
+        With ``timeout`` (seconds), the request carries ``x-deadline`` = now + ``timeout`` in
+        epoch milliseconds, unless its headers already hold one.
+        """
         if self._closed:
             raise RuntimeError("this client is closed; connect again")
+        if timeout is not None:
+            request = self._with_deadline(request, timeout)
         request_id = str(uuid.uuid4())
         limit = self.settings.kafka.max_message_bytes
         if len(request.payload) > limit:
@@ -177,6 +197,15 @@ class Client(Closing):
         state = "closed" if self._closed else "open"
         return f"<Client {self.settings.pipeline.name} {kafka.input_topic} ({state})>"
 
+    def _with_deadline(self, request: wire.Request, timeout: float) -> wire.Request:
+        """``request`` with ``x-deadline`` set ``timeout`` s from now, unless it has one."""
+        if any(name.lower() == headers.DEADLINE for name, _ in request.headers):
+            return request
+        deadline = self._wall_clock_ms() + math.ceil(timeout * 1000)
+        return replace(
+            request, headers=(*request.headers, (headers.DEADLINE, str(deadline).encode()))
+        )
+
     def _wait(self, pending: Pending, timeout: float) -> Any:
         try:
             pending.future.result(timeout)
@@ -188,7 +217,7 @@ class Client(Closing):
         error: InferenceTimeout | None = None
         for _ in range(retries + 1):
             try:
-                pending = self.send(request)
+                pending = self.send(request, timeout=timeout)
             except InferenceFailed as exc:
                 return exc
             try:

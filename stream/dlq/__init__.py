@@ -1,8 +1,9 @@
 """Dead letters back into service: ``headrace dlq replay`` and ``headrace dlq show``.
 
-``replay`` re-publishes each matching dead letter to the input topic, the error headers
-removed and ``x-replayed-from`` added, keeping its progress in a consumer group of its own
-(see :mod:`stream.dlq._replay`). ``show`` reads from the beginning and commits nothing
+``replay`` re-publishes each matching dead letter to the input topic, the error headers and
+``x-deadline`` removed and ``x-replayed-from`` added, keeping its progress in a consumer group
+of its own; ``expired`` dead letters only when asked for by type (see
+:mod:`stream.dlq._replay`). ``show`` reads from the beginning and commits nothing
 (:mod:`stream.dlq._show`). Both stop reading at the end offsets of their first fetch
 (:mod:`stream.dlq._common`).
 Its command line is :mod:`stream.cli.dlq`.

@@ -3,8 +3,16 @@
 Each matching dead letter is re-published with its original key, value and headers, the error
 headers of SPEC §5 (and ``x-original-bytes``) removed, ``x-replayed-from: <dlq
 topic>:<partition>:<offset>`` added, to the request's original partition when the input topic
-has it (else by key). Progress is kept in a consumer group of its own, ``<group_id>-dlq-replay``,
-or ``<group_id>-dlq-replay-<types sorted, joined by +>`` with ``--error-type``, so a typed and an
+has it (else by key).
+
+A replay is a new request made by the operator: its ``x-deadline`` is dropped too, since the
+caller's deadline has passed by then and the worker would only expire it again (a replayed
+record also gets a new Kafka timestamp, so ``processing.max_request_age_ms`` counts from the
+replay). ``expired`` dead letters are requests nobody waited for any more: a replay skips them
+unless ``--error-type expired`` asks for them by name.
+
+Progress is kept in a consumer group of its own, ``<group_id>-dlq-replay``, or
+``<group_id>-dlq-replay-<types sorted, joined by +>`` with ``--error-type``, so a typed and an
 untyped replay move independently. Offsets are committed only after the broker acknowledged
 every replayed record before them; dead letters the filters skip are committed past too.
 """
@@ -29,7 +37,13 @@ from stream.dlq._common import (
     read_letters,
 )
 from stream.errors import CommitFailed, DlqError, KafkaClientError
-from stream.headers import DROPPED_HEADERS, ERROR_HEADERS, ORIGINAL_BYTES, REPLAYED_FROM
+from stream.headers import (
+    DEADLINE,
+    DROPPED_HEADERS,
+    ERROR_HEADERS,
+    ORIGINAL_BYTES,
+    REPLAYED_FROM,
+)
 from stream.kafka.clients import KafkaProducer
 from stream.kafka.config import dlq_producer_config
 from stream.kafka.readers import PartitionReader
@@ -44,12 +58,13 @@ __all__ = [
     "replay_headers",
 ]
 
-_DROPPED = frozenset({*ERROR_HEADERS, ORIGINAL_BYTES, DROPPED_HEADERS, REPLAYED_FROM})
+_DROPPED = frozenset({*ERROR_HEADERS, ORIGINAL_BYTES, DROPPED_HEADERS, REPLAYED_FROM, DEADLINE})
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 _FLUSH_S = 60.0  # acknowledgements of one batch of replays (up to 500 records)
 _SKIP_TYPE, _SKIP_SINCE = "not a selected --error-type", "failed before --since"
 _SKIP_TOO_LARGE = "too_large, not replayable"
+_SKIP_EXPIRED = "expired, replayed only with --error-type expired"
 
 
 # ---------------------------------------------------------------- pure rules
@@ -72,7 +87,8 @@ def parse_since(text: str, now: datetime) -> datetime:
 
 
 def replay_headers(letter: Envelope) -> Headers:
-    """The request's own headers, in order, then ``x-replayed-from`` naming the dead letter."""
+    """The request's own headers, in order, less ``x-deadline``, then ``x-replayed-from``
+    naming the dead letter."""
     own = tuple((k, v) for k, v in letter.headers if k.lower() not in _DROPPED)
     where = f"{letter.partition.topic}:{letter.partition.index}:{letter.offset}"
     return (*own, (REPLAYED_FROM, where.encode()))
@@ -98,6 +114,8 @@ class ReplayOptions:
         error_type = error_type_of(letter)
         if self.error_types and error_type not in self.error_types:
             return _SKIP_TYPE
+        if error_type == "expired" and not self.error_types:
+            return _SKIP_EXPIRED
         if self.since is not None and failed_at(letter) < self.since:
             return _SKIP_SINCE
         if error_type == "too_large" or letter.header(ORIGINAL_BYTES) is not None:

@@ -12,18 +12,24 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from pipelines.config import KafkaSettings, Settings
 
 __all__ = [
+    "CONSUMER_DEFAULTS",
     "FRAMING_BYTES",
+    "PRODUCER_DEFAULTS",
     "Config",
+    "RebalanceProtocol",
     "admin_config",
     "consumer_config",
     "dlq_consumer_config",
     "dlq_producer_config",
+    "group_instance_id",
+    "probe_config",
     "producer_config",
+    "rebalance_protocol",
     "reply_consumer_config",
     "request_producer_config",
     "topic_config",
@@ -44,16 +50,20 @@ _PUBLISH_AND_COMMIT_S = 30.0  # on top of a batch's serving, before the next pol
 
 # Defaults that work on real Kafka and on the embedded broker alike. The session timeout is
 # the smallest a stock Kafka broker allows (group.min.session.timeout.ms = 6000).
-_CONSUMER_DEFAULTS: Config = {
+CONSUMER_DEFAULTS: Config = {
     "enable.auto.commit": False,
     "enable.auto.offset.store": False,
     "auto.offset.reset": "earliest",
     "session.timeout.ms": 6000,
     "heartbeat.interval.ms": 1500,
     "fetch.wait.max.ms": 5,
+    # Once the prefetch queue holds queued.max.messages.kbytes (64 MiB: ~550 requests of
+    # 1,000 rows), librdkafka waits this long before fetching again; its 1 s default left the
+    # worker idle in consume() a third of the time on a backlog of such requests (measured)
+    "fetch.queue.backoff.ms": 10,
     "partition.assignment.strategy": "range",
 }
-_PRODUCER_DEFAULTS: Config = {
+PRODUCER_DEFAULTS: Config = {
     "enable.idempotence": True,
     "acks": "all",
     "linger.ms": 2,
@@ -71,7 +81,7 @@ def consumer_config(
     settings: KafkaSettings, bootstrap: str, **overrides: str | int | float | bool
 ) -> Config:
     """The librdkafka config of the worker's consumer."""
-    config = _base(settings, bootstrap) | _CONSUMER_DEFAULTS | {"group.id": settings.group_id}
+    config = _base(settings, bootstrap) | CONSUMER_DEFAULTS | {"group.id": settings.group_id}
     return config | _without(settings.librdkafka_properties(), _PRODUCER_ONLY) | overrides
 
 
@@ -79,7 +89,7 @@ def producer_config(
     settings: KafkaSettings, bootstrap: str, **overrides: str | int | float | bool
 ) -> Config:
     """The librdkafka config of the worker's producer."""
-    config = _base(settings, bootstrap) | _PRODUCER_DEFAULTS
+    config = _base(settings, bootstrap) | PRODUCER_DEFAULTS
     return config | _without(settings.librdkafka_properties(), _CONSUMER_ONLY) | overrides
 
 
@@ -134,7 +144,7 @@ _PRODUCER_ONLY = (  # the "P" properties of librdkafka's CONFIGURATION.md
 
 
 def worker_consumer_config(
-    settings: Settings, bootstrap: str, *, max_serve_s: float = 0.0
+    settings: Settings, bootstrap: str, *, max_serve_s: float = 0.0, replica: str | None = None
 ) -> Config:
     """The worker's group consumer (read_committed under exactly_once).
 
@@ -143,15 +153,50 @@ def worker_consumer_config(
     ``max.poll.interval.ms`` is kept above it, with room to publish and commit, so a worker
     busy isolating a hanging step keeps its group membership (heartbeats run on librdkafka's
     own thread). ``kafka.properties`` can set it explicitly.
+
+    With ``kafka.instance_id`` the consumer is a static member of its group
+    (``group.instance.id``, see :func:`group_instance_id`; ``replica`` is this process's
+    replica index): a worker restarted within ``session.timeout.ms`` gets its partitions back
+    without a rebalance of the others, and one that stops does not leave the group at once.
     """
     overrides: Config = {}
     if settings.processing.guarantee == "exactly_once":
         overrides["isolation.level"] = "read_committed"
+    instance = group_instance_id(settings.kafka, replica)
+    if instance is not None:
+        overrides["group.instance.id"] = instance
     needed_ms = int((max_serve_s + _PUBLISH_AND_COMMIT_S) * 1000)
     chosen = "max.poll.interval.ms" in settings.kafka.properties
     if needed_ms > _DEFAULT_MAX_POLL_INTERVAL_MS and not chosen:
         overrides["max.poll.interval.ms"] = needed_ms
     return consumer_config(settings.kafka, bootstrap, **overrides)
+
+
+def group_instance_id(settings: KafkaSettings, replica: str | None) -> str | None:
+    """This worker's static member id: ``kafka.instance_id``, plus ``-<replica>`` for replica
+    ``replica`` of ``replicas: N``; None without an ``instance_id`` (dynamic membership)."""
+    if settings.instance_id is None:
+        return None
+    return f"{settings.instance_id}-{replica}" if replica else settings.instance_id
+
+
+RebalanceProtocol = Literal["EAGER", "COOPERATIVE"]
+
+
+def rebalance_protocol(config: Mapping[str, Any]) -> RebalanceProtocol:
+    """The rebalance protocol a consumer with ``config`` follows (what librdkafka's
+    ``rd_kafka_rebalance_protocol`` says once it has joined; confluent-kafka does not expose it).
+
+    COOPERATIVE with ``partition.assignment.strategy: cooperative-sticky`` (librdkafka refuses
+    to mix it with an eager strategy) or with the KIP-848 protocol (``group.protocol:
+    consumer``): a rebalance then revokes and assigns only the partitions that move. EAGER
+    otherwise (range, roundrobin): every rebalance revokes the whole assignment first.
+    """
+    if str(config.get("group.protocol", "classic")).strip().lower() == "consumer":
+        return "COOPERATIVE"
+    strategies = str(config.get("partition.assignment.strategy", "range")).split(",")
+    cooperative = any(s.strip().lower() == "cooperative-sticky" for s in strategies)
+    return "COOPERATIVE" if cooperative else "EAGER"
 
 
 def worker_producer_config(
@@ -218,6 +263,17 @@ def dlq_producer_config(settings: KafkaSettings, bootstrap: str) -> Config:
 def admin_config(bootstrap: str, properties: Mapping[str, Any] | None = None) -> Config:
     """An admin client (topics, metadata probes); librdkafka's retry chatter stays quiet."""
     return {"log_level": 2, **(properties or {}), "bootstrap.servers": bootstrap}
+
+
+def probe_config(settings: KafkaSettings, bootstrap: str) -> Config:
+    """The admin client that probes the broker for ``/readyz``: the connection settings of
+    ``kafka.properties`` (security, SASL, SSL ...), and never creating the topic it asks about."""
+    properties = _without(settings.librdkafka_properties(), _CONSUMER_ONLY + _PRODUCER_ONLY)
+    overrides: Config = {
+        "client.id": f"headrace-{settings.group_id}-probe",
+        "allow.auto.create.topics": False,
+    }
+    return admin_config(bootstrap, properties) | overrides
 
 
 def with_error_callback(config: Mapping[str, Any], callback: object) -> dict[str, Any]:

@@ -5,6 +5,9 @@
   the stages a request goes through; :mod:`~stream.worker.publisher` produces the outcomes
   (:mod:`~stream.worker.delivery`: what is retried, what fits); :mod:`~stream.worker.intake`
   pauses the partitions for back-pressure and the guardrail;
+- :mod:`~stream.worker.deadlines` and :mod:`~stream.worker.tracing`: whether a request is still
+  wanted (``x-deadline``, ``processing.max_request_age_ms``), and its W3C trace context with the
+  optional OpenTelemetry spans (``headrace[otel]``);
 - :mod:`~stream.worker.ledger` and :mod:`~stream.worker.commit`: offsets, in order, committed
   only after acknowledgement (or in a transaction);
 - :mod:`~stream.worker.runtime`: a worker wired to Kafka from a config, until a signal;

@@ -23,6 +23,7 @@ from pipelines.errors import TooLarge
 from stream.headers import DROPPED_HEADERS, ORIGINAL_BYTES, REQUEST_ID, dead_letter_headers
 from stream.kafka.config import FRAMING_BYTES
 from stream.types import DeadLetter, Headers, Outcome, Partition
+from stream.worker.tracing import with_child
 
 __all__ = [
     "DeadLetterShape",
@@ -115,6 +116,7 @@ class DeadLetterShape:
         """Whole; without the value; without the request's headers but ``x-request-id``;
         without any of them (the forms that leave something more out than the one before)."""
         envelope, error = dead.envelope, dead.error
+        envelope = replace(envelope, headers=with_child(envelope.headers)[0])
 
         def headers(kept: Headers, extra: Headers) -> Headers:
             own = replace(envelope, headers=kept)
@@ -177,7 +179,11 @@ class InFlight:
         self._held: dict[Partition, _Held] = {}
 
     def add(self, delivery: Delivery) -> None:
-        self._live.setdefault(delivery.partition, set()).add(delivery)
+        partition = delivery.partition
+        live = self._live.get(partition)
+        if live is None:
+            live = self._live[partition] = set()
+        live.add(delivery)
 
     def owns(self, delivery: Delivery) -> bool:
         """Whether ``delivery`` is in flight for us (not of a partition revoked since)."""
@@ -185,11 +191,13 @@ class InFlight:
 
     def done(self, delivery: Delivery) -> None:
         """``delivery`` was acknowledged, or refused for good."""
-        live = self._live.get(delivery.partition, set())
-        live.discard(delivery)
-        held = self._held.get(delivery.partition)
+        partition = delivery.partition
+        live = self._live.get(partition)
+        if live is not None:
+            live.discard(delivery)
+        held = self._held.get(partition)
         if held is not None and not held.waiting and not live:
-            del self._held[delivery.partition]  # every failed record is through
+            del self._held[partition]  # every failed record is through
 
     def failed(self, delivery: Delivery, error: str, now: float) -> bool:
         """Hold ``delivery`` for the next round; True when its partition was not held yet."""

@@ -15,10 +15,11 @@ from pipelines import Pipeline
 from pipelines.config import Settings, load_settings
 from pipelines.errors import ConfigError, PipelineError
 from stream.errors import TransactionAborted, WorkerError
+from stream.headers import TRACEPARENT, TRACESTATE
 from stream.kafka.protocols import Consumer, Producer
 from stream.ops.health import Health
 from stream.ops.metrics import Metrics, NullMetrics
-from stream.types import DeadLetter, Outcome, Partition
+from stream.types import DeadLetter, Outcome, Partition, Result
 from stream.worker.batcher import Batch, Batcher
 from stream.worker.commit import Committer
 from stream.worker.decoding import Decoded, Decoder
@@ -26,6 +27,7 @@ from stream.worker.intake import Guardrail, Intake
 from stream.worker.ledger import Ledger
 from stream.worker.publisher import Publisher
 from stream.worker.serving import Server
+from stream.worker.tracing import Spans
 
 __all__ = ["Worker"]
 
@@ -51,6 +53,7 @@ class Worker:
         wall_clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
         metrics: Metrics | None = None,
         health: Health | None = None,
+        spans: Spans | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.settings = settings
@@ -62,9 +65,10 @@ class Worker:
         self._wall_clock_ms = wall_clock_ms
         self._metrics = metrics or NullMetrics()
         self._health = health or Health()
+        self._spans = spans or Spans()
         self._ledger = Ledger()
         self._committer = committer(self._ledger)
-        self._decoder = Decoder(pipeline, settings.processing, max_request_bytes)
+        self._decoder = Decoder(pipeline, settings.processing, max_request_bytes, wall_clock_ms)
         self._batcher = Batcher(settings.batching.max_rows, settings.batching.max_wait_ms, clock)
         self._server = self._server_for(pipeline)
         self._intake = Intake(consumer)
@@ -81,12 +85,14 @@ class Worker:
             clock=clock,
             wall_clock_ms=wall_clock_ms,
             observe=self._guardrail.observe,
+            spans=self._spans,
         )
         self._max_request_bytes = max_request_bytes
         self._reload_requested = False
         self._observed_at = -_OBSERVE_EVERY_S
         self._rows_per_message = 1.0  # recent averages, to size each consume to the caps
         self._bytes_per_message = 1.0
+        self._assigned: set[Partition] = set()
         consumer.subscribe([settings.kafka.input_topic], self.on_assign, self.on_revoke)
 
     def run(self) -> None:
@@ -153,18 +159,31 @@ class Worker:
         except TransactionAborted as exc:
             _log.warning("transaction aborted while finishing", error=str(exc))
 
-    # rebalance callbacks, called by the consumer inside consume()
+    # Rebalance callbacks, called by the consumer inside consume(). They get the partitions
+    # that move: under the eager protocol (range, roundrobin) the whole assignment each time;
+    # under the cooperative one (cooperative-sticky) only those that change hands, while the
+    # others are kept, with their in-flight requests, ledger and commits untouched.
     def on_assign(self, partitions: list[Partition]) -> None:
-        _log.info("partitions assigned", partitions=[str(p) for p in partitions])
-        self._health.partitions += len(partitions)
+        self._assigned.update(partitions)
+        self._health.partitions = len(self._assigned)
+        _log.info(
+            "partitions assigned",
+            partitions=[str(p) for p in partitions],
+            assigned=len(self._assigned),
+        )
 
     def on_revoke(self, partitions: list[Partition]) -> None:
-        _log.info("partitions revoked; finishing them", partitions=[str(p) for p in partitions])
+        self._assigned.difference_update(partitions)
+        self._health.partitions = len(self._assigned)  # nothing new is read from them
+        _log.info(
+            "partitions revoked; finishing them",
+            partitions=[str(p) for p in partitions],
+            kept=len(self._assigned),
+        )
         self.finish(partitions)
         self._ledger.forget(partitions)
         self._publisher.forget(partitions)
         self._intake.revoked(partitions)
-        self._health.partitions = max(0, self._health.partitions - len(partitions))
 
     def _consume(self) -> None:
         timeout = self._batcher.max_wait_s if self._batcher.rows else _IDLE_POLL_S
@@ -196,11 +215,42 @@ class Worker:
     def _serve(self, batches: Sequence[Batch]) -> None:
         for batch in batches:
             started = time.perf_counter()
-            outcomes = [o for o in self._server.serve(batch.requests) if o is not None]
+            began_ns = time.time_ns() if self._spans.enabled else 0
+            served = self._server.serve(batch.requests)
+            outcomes = [o for o in served if o is not None]
             for outcome in outcomes:  # a request left unserved (stopping) stays uncommitted
                 self._ledger.resolve(outcome)
             self._log_batch(batch, outcomes, time.perf_counter() - started)
+            if self._spans.enabled:
+                self._trace(batch, served, began_ns)
             self._publisher.publish()  # results leave as soon as their batch is served
+
+    def _trace(self, batch: Batch, served: Sequence[Outcome | None], began_ns: int) -> None:
+        """The batch's span, and a span for each traced request it served (a dead letter's
+        span comes with the dead letter: see the publisher)."""
+        ended_ns = time.time_ns()
+        dead = sum(isinstance(outcome, DeadLetter) for outcome in served)
+        unserved = sum(outcome is None for outcome in served)
+        link = self._spans.batch_span(
+            batch.rows,
+            self._server.step_seconds,
+            f"served {len(served) - dead - unserved}, dead-lettered {dead}, unserved {unserved}",
+            start_ns=began_ns,
+            end_ns=ended_ns,
+        )
+        for request, outcome in zip(batch.requests, served, strict=True):
+            if request.trace is None or not isinstance(outcome, Result):
+                continue
+            envelope = request.envelope
+            self._spans.request_span(
+                envelope.header(TRACEPARENT),
+                request.trace[1],
+                tracestate=envelope.header(TRACESTATE),
+                start_ns=min(began_ns, max(0, envelope.timestamp_ms) * 1_000_000) or began_ns,
+                end_ns=ended_ns,
+                batch=link,
+                attributes={"headrace.rows": request.rows, "headrace.offset": envelope.offset},
+            )
 
     def _server_for(self, pipeline: Pipeline) -> Server:
         """A server whose long batches keep /healthz beating and give up past the grace."""
@@ -245,7 +295,9 @@ class Worker:
         old_version = self.pipeline.version
         self.settings = settings.model_copy(update=kept)
         self.pipeline = pipeline
-        self._decoder = Decoder(pipeline, self.settings.processing, self._max_request_bytes)
+        self._decoder = Decoder(
+            pipeline, self.settings.processing, self._max_request_bytes, self._wall_clock_ms
+        )
         self._server = self._server_for(pipeline)
         batching = self.settings.batching
         self._batcher = Batcher(batching.max_rows, batching.max_wait_ms, self._clock)
@@ -277,13 +329,17 @@ class Worker:
             ) from exc
 
     def _observe(self, now: float) -> None:
-        """Heartbeat every iteration; lag and broker reachability every few seconds."""
+        """Heartbeat every iteration; lag every few seconds (from what the consumer knows).
+
+        Whether the broker answers is not asked here but by a thread of its own on a
+        connection of its own (:class:`~stream.ops.health.BrokerWatch`): the loop may be the
+        one waiting on that broker.
+        """
         self._health.beat()
         self._metrics.inflight(self._ledger.pending_rows)
         if now - self._observed_at < _OBSERVE_EVERY_S:
             return
         self._observed_at = now
-        self._health.broker_error = self._consumer.reachable(timeout=2.0)
         for partition, messages in self._consumer.lag().items():
             self._metrics.lag(partition.index, messages)
 

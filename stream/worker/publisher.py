@@ -28,13 +28,15 @@ import structlog
 from pipelines.config import KafkaSettings
 from pipelines.errors import OutputError
 from stream.errors import WorkerError
+from stream.headers import TRACEPARENT, TRACESTATE
 from stream.kafka.protocols import Producer
 from stream.ops.health import Health
 from stream.ops.metrics import Metrics
-from stream.types import DeadLetter, Outcome, Partition, Result
+from stream.types import DeadLetter, Headers, Outcome, Partition, Result
 from stream.worker.commit import Committer
 from stream.worker.delivery import DeadLetterShape, Delivery, InFlight, permanent, too_large
 from stream.worker.ledger import Ledger
+from stream.worker.tracing import Spans, parse_traceparent
 
 __all__ = ["UNDELIVERED", "Publisher"]
 
@@ -67,6 +69,7 @@ class Publisher:
         clock: Callable[[], float],
         wall_clock_ms: Callable[[], int],
         observe: Callable[[Outcome], None] = _ignore,
+        spans: Spans | None = None,
     ) -> None:
         self._producer = producer
         self._ledger = ledger
@@ -77,6 +80,7 @@ class Publisher:
         self._clock = clock
         self._wall_clock_ms = wall_clock_ms
         self._observe = observe
+        self._spans = spans or Spans()
         self._shape = DeadLetterShape(kafka)
         self._flight = InFlight()
         self._output_partitions = -1
@@ -125,8 +129,11 @@ class Publisher:
             partition=str(envelope.partition),
             offset=envelope.offset,
         )
-        letter = self._shape(dead, self._wall_clock_ms())
+        failed_at_ms = self._wall_clock_ms()
+        letter = self._shape(dead, failed_at_ms)
         assert letter is not None  # the smallest form is always there
+        if self._spans.enabled:
+            self._trace(dead, letter.headers, failed_at_ms)
         if letter.form > 0:
             _log.warning(
                 "dead letter over the producer's limit: published without its value",
@@ -136,6 +143,27 @@ class Publisher:
                 form=letter.form,
             )
         return Delivery(dead, letter)
+
+    def _trace(self, dead: DeadLetter, sent: Headers, failed_at_ms: int) -> None:
+        """A traced request's span, with the dead letter's error (its span id is the one in
+        the ``traceparent`` the dead letter carries)."""
+        envelope = dead.envelope
+        original = envelope.header(TRACEPARENT)
+        ours = next((value for key, value in sent if key.lower() == TRACEPARENT), None)
+        found = None if original is None or ours is None else parse_traceparent(ours)
+        if found is None or ours == original:
+            return
+        ended_ns = failed_at_ms * 1_000_000
+        self._spans.request_span(
+            original,
+            found.span_id,
+            tracestate=envelope.header(TRACESTATE),
+            start_ns=min(ended_ns, max(0, envelope.timestamp_ms) * 1_000_000) or ended_ns,
+            end_ns=ended_ns,
+            error=dead.error.message,
+            error_type=dead.error.error_type,
+            attributes={"headrace.offset": envelope.offset},
+        )
 
     def _produce(self, delivery: Delivery) -> None:
         self._committer.before_produce()

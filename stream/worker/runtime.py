@@ -2,18 +2,22 @@
 
 Under exactly_once each worker slot has a stable ``transactional.id`` (:func:`transactional_id`):
 a worker that starts in the slot of one that died fences it, and the broker aborts the
-transaction it left open at once, instead of after ``transaction.timeout.ms``.
+transaction it left open at once, instead of after ``transaction.timeout.ms``. With
+``kafka.instance_id`` the slot is also the consumer's static group membership
+(``group.instance.id``, replica ``i`` appending ``-i``), so a restarted worker takes its
+partitions back without a rebalance of the others.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import signal
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
 from types import FrameType
 
 import structlog
@@ -21,17 +25,20 @@ import structlog
 from pipelines import Pipeline
 from pipelines.config import Settings
 from stream.kafka.admin import topic_partitions
-from stream.kafka.clients import KafkaConsumer, KafkaProducer
+from stream.kafka.clients import BrokerProbe, KafkaConsumer, KafkaProducer
 from stream.kafka.config import (
+    group_instance_id,
+    probe_config,
     transaction_timeout_ms,
     worker_consumer_config,
     worker_producer_config,
 )
-from stream.ops.health import Health, MetricsServer
+from stream.ops.health import BrokerWatch, Health, MetricsServer
 from stream.ops.metrics import Metrics, PrometheusMetrics
 from stream.worker.commit import AckCommitter, Committer, TransactionalCommitter
 from stream.worker.ledger import Ledger
 from stream.worker.loop import Worker
+from stream.worker.tracing import Spans
 
 __all__ = ["REPLICA_INDEX", "build_worker", "run_worker", "transactional_id"]
 
@@ -54,24 +61,30 @@ def build_worker(
     health: Health | None = None,
     *,
     stopping: Callable[[], bool] = _never,
+    environ: Mapping[str, str] = os.environ,
+    spans: Spans | None = None,
 ) -> Worker:
     """A worker on real Kafka: group consumer, idempotent (or transactional) producer.
 
     ``stopping()`` turns true once the worker is asked to stop: from then on its producer does
     not wait for room in a full queue (a broker that does not answer must not hold up SIGTERM).
+    ``environ`` gives the replica index (``HEADRACE_REPLICA_INDEX``) of its slot.
     """
     kafka = settings.kafka
     health = health or Health()
     exactly_once = settings.processing.guarantee == "exactly_once"
-    transactional = transactional_id(settings) if exactly_once else None
+    transactional = transactional_id(settings, environ) if exactly_once else None
     producer = KafkaProducer(
         worker_producer_config(settings, bootstrap, transactional_id=transactional),
         stopping=stopping,
     )
     most = pipeline.max_serve_seconds(settings.batching.max_rows)
-    consumer = KafkaConsumer(
-        worker_consumer_config(settings, bootstrap, max_serve_s=most), on_error=_kafka_error
+    consumer_config = worker_consumer_config(
+        settings, bootstrap, max_serve_s=most, replica=environ.get(REPLICA_INDEX)
     )
+    consumer = KafkaConsumer(consumer_config, on_error=_kafka_error)
+    if "group.instance.id" in consumer_config:
+        _log.info("static group membership", group_instance_id=consumer_config["group.instance.id"])
     interval_s = settings.processing.commit_interval_ms / 1000
     if transactional is not None:
         _log.info("exactly_once: transactional producer", transactional_id=transactional)
@@ -98,6 +111,7 @@ def build_worker(
         max_request_bytes=kafka.max_message_bytes,
         metrics=metrics,
         health=health,
+        spans=spans,
     )
 
 
@@ -109,12 +123,8 @@ def transactional_id(settings: Settings, environ: Mapping[str, str] = os.environ
     worker restarted in its place takes the id over. Two workers must never share a slot: the
     younger fences the older, which then stops with an error naming the id.
     """
-    instance = getattr(settings.kafka, "instance_id", None)  # static membership, SPEC §6
     index = environ.get(REPLICA_INDEX)
-    if instance:
-        slot = f"{instance}-{index}" if index else str(instance)
-    else:
-        slot = f"{socket.gethostname()}-{index or 0}"
+    slot = group_instance_id(settings.kafka, index) or f"{socket.gethostname()}-{index or 0}"
     return f"headrace-{settings.kafka.group_id}-{slot}"
 
 
@@ -137,13 +147,40 @@ def run_worker(settings: Settings, bootstrap: str) -> int:
             topic=kafka.input_topic,
         )
     stopping = threading.Event()
+    spans = Spans.from_env(pipeline.name)  # the no-op unless OTEL_* asks for traces
     with _metrics_server(settings, pipeline) as (metrics, health):
         worker = build_worker(
-            settings, pipeline, bootstrap, metrics, health, stopping=stopping.is_set
+            settings,
+            pipeline,
+            bootstrap,
+            metrics,
+            health,
+            stopping=stopping.is_set,
+            spans=spans,
         )
-        _serve(worker, settings, pipeline, bootstrap, stopping)
+        settle_garbage_collector()
+        try:
+            _serve(worker, settings, pipeline, bootstrap, stopping=stopping, health=health)
+        finally:
+            spans.close()
     _log.info("worker stopped", pipeline=pipeline.name, pid=os.getpid())
     return 0
+
+
+# Objects the collector's youngest generation collects at: Python's default (700) ran a
+# collection every few dozen requests, a quarter of a J worker's CPU (measured: 0.51 s of 1.96 s
+# for 40,000 requests; 0.06 s with this and the freeze below).
+_GC_YOUNGEST = 10_000
+
+
+def settle_garbage_collector() -> None:
+    """Leave what start-up built (modules, the pipeline, its models) out of every collection
+    (``gc.freeze``), and collect the young generation less often. Reference cycles are still
+    collected; the worker's per-request objects are freed by reference counting."""
+    gc.collect()
+    gc.freeze()
+    _, middle, oldest = gc.get_threshold()
+    gc.set_threshold(_GC_YOUNGEST, middle, oldest)
 
 
 def _serve(
@@ -151,10 +188,17 @@ def _serve(
     settings: Settings,
     pipeline: Pipeline,
     bootstrap: str,
+    *,
     stopping: threading.Event,
+    health: Health,
 ) -> None:
     kafka = settings.kafka
-    with _stop_on_signals(worker, stopping):
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_stop_on_signals(worker, stopping))
+        watch = None
+        if settings.metrics.port:  # /readyz is served: it tells whether the broker answers
+            probe = BrokerProbe(probe_config(kafka, bootstrap), kafka.input_topic)
+            watch = stack.enter_context(BrokerWatch(probe, health, address=bootstrap))
         _log.info(
             "worker started",
             pipeline=pipeline.name,
@@ -167,10 +211,12 @@ def _serve(
             pid=os.getpid(),
         )
         worker.run()
+        if watch is not None:
+            watch.stop()
         worker.close()
 
 
-@contextmanager
+@contextlib.contextmanager
 def _metrics_server(
     settings: Settings, pipeline: Pipeline
 ) -> Iterator[tuple[Metrics | None, Health]]:
@@ -195,7 +241,7 @@ def _metrics_server(
         server.stop()
 
 
-@contextmanager
+@contextlib.contextmanager
 def _stop_on_signals(worker: Worker, stopping: threading.Event) -> Iterator[None]:
     def stop(signum: int, frame: FrameType | None) -> None:
         del frame

@@ -47,6 +47,7 @@ class Server:
         self._metrics = metrics or NullMetrics()
         self._should_stop = should_stop
         self._keep_alive = keep_alive
+        self.step_seconds: dict[str, float] = {}  # each step's time in the last batch served
 
     def serve(self, requests: Sequence[Decoded]) -> list[Outcome | None]:
         """One outcome per request, in the order given (``None``: left unserved because the
@@ -80,8 +81,12 @@ class Server:
                 outcomes[id(served[index])] = None
             for index, error in batch.errors.items():
                 outcomes[id(served[index])] = DeadLetter(served[index].envelope, error)
+            names = self.pipeline.step_names
+            self.step_seconds = dict.fromkeys(names, 0.0)
             for segment in batch.segments:
-                self._metrics.steps(self.pipeline.step_names, segment.step_ns)
+                self._metrics.steps(names, segment.step_ns)
+                for name, ns in zip(names, segment.step_ns, strict=False):
+                    self.step_seconds[name] += ns / 1e9
                 members = [served[index] for index in segment.requests]
                 outcomes.update(self._encode(segment, members))
         return [outcomes[id(request)] for request in requests]
@@ -145,9 +150,13 @@ class Server:
     def _encode(self, segment: Segment, members: Sequence[Decoded]) -> dict[int, Outcome | None]:
         """Encode a served segment; requests sharing format and selection are encoded at once."""
         outcomes: dict[int, Outcome | None] = {}
+        first = members[0]
         groups: dict[tuple[Format, object], list[int]] = {}
-        for position, request in enumerate(members):
-            groups.setdefault((request.format, request.selection), []).append(position)
+        if all(m.format is first.format and m.selection is first.selection for m in members):
+            groups[first.format, first.selection] = list(range(len(members)))  # the usual case
+        else:
+            for position, request in enumerate(members):
+                groups.setdefault((request.format, request.selection), []).append(position)
         for positions in groups.values():
             if len(positions) == len(members):
                 payloads = self._encode_many(segment.table, members, segment.row_counts)
@@ -228,6 +237,7 @@ class Server:
                 content_type=CONTENT_TYPES[request.format],
                 pipeline=self.pipeline.name,
                 version=self.pipeline.version,
+                traceparent=None if request.trace is None else request.trace[0],
             )
         except Exception as exc:  # isolation (SPEC §5): no header text fails the worker
             return DeadLetter(request.envelope, failure(exc, OutputError))

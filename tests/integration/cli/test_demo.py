@@ -55,11 +55,16 @@ def test_demo_serves_every_sample_and_stops_what_it_started(tmp_path: Path) -> N
     assert "digits: digits-requests -> digits-results" in output
     assert "forecast: forecast-requests -> forecast-results" in output
 
-    for key, error_type in (
+    expected = [
         ("garbage-bytes", "decode_error"),
         ("tensor-28-floats", "schema_error"),
         ("three-days-only", "step_error"),
-    ):
+        ("deadline-passed", "expired"),  # sent after its x-deadline: never run
+    ]
+    message = r"ccfraud/deadline-passed: expired: deadline \S+Z \(x-deadline\) passed \d+ ms"
+    assert re.search(message, output), output
+    assert "5 of them malformed and 1 sent after its x-deadline on purpose" in output
+    for key, error_type in expected:
         line = re.search(rf"^\s+\w+\s+{key}\s+(\w+)", output, re.MULTILINE)
         assert line is not None and line.group(1) == error_type, output
     assert re.search(r"^throughput\s+\d+ requests, [\d,]+ rows", output, re.MULTILINE), output

@@ -64,13 +64,16 @@ def _error_headers(topics: Topics, error_type: str, offset: int, failed: datetim
     return headers
 
 
-def _dead_letters(topics: Topics, *error_types: str, age: timedelta = timedelta(0)) -> None:
-    """Produce one dead letter per error type straight to the DLQ (key ``k<i>``), in order."""
+def _dead_letters(
+    topics: Topics, *error_types: str, age: timedelta = timedelta(0), extra: Headers = ()
+) -> None:
+    """Produce one dead letter per error type straight to the DLQ (key ``k<i>``), in order;
+    ``extra`` request headers go after the own ones."""
     failed = datetime.now(UTC) - age
     producer = Producer({"bootstrap.servers": topics.bootstrap})
     for index, error_type in enumerate(error_types):
         value = b"" if error_type == "too_large" else f"value-{index}".encode()
-        headers = [*OWN, *_error_headers(topics, error_type, index, failed)]
+        headers = [*OWN, *extra, *_error_headers(topics, error_type, index, failed)]
         producer.produce(
             topics.dead_letter,
             value,
@@ -167,6 +170,35 @@ def test_error_type_filter_keeps_its_own_progress(
     assert sorted(r.key for r in _read(topics, topics.input, 6)) == [
         b"k0", b"k1", b"k1", b"k2", b"k3", b"k3"
     ]  # fmt: skip
+
+
+def test_expired_letters_wait_for_their_type_and_replay_without_a_deadline(
+    topic_names: Topics, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An untyped replay skips expired dead letters; `--error-type expired` replays them; every
+    replayed request leaves its old x-deadline behind."""
+    topics = topic_names
+    config = str(write_config(tmp_path, topics))
+    _dead_letters(topics, "expired", "step_error", extra=[("x-deadline", b"1700000000000")])
+
+    code, out, _ = _dlq(capsys, "replay", config)
+
+    assert code == 0, out
+    assert "replayed 1, skipped 1 (1 expired, replayed only with --error-type expired)" in out
+    (served,) = _read(topics, topics.input, 1)
+    assert served.key == b"k1"
+    assert served.headers == [*OWN, ("x-replayed-from", f"{topics.dead_letter}:0:1".encode())]
+
+    code, out, _ = _dlq(capsys, "replay", config, "--error-type", "expired")
+
+    assert code == 0, out
+    assert "replayed 1, skipped 1 (1 not a selected --error-type)" in out
+    replayed = _read(topics, topics.input, 2)
+    assert [r.key for r in replayed] == [b"k1", b"k0"]
+    assert replayed[1].headers == [
+        *OWN,
+        ("x-replayed-from", f"{topics.dead_letter}:0:0".encode()),
+    ]
 
 
 def test_limit_then_next_run_replays_the_rest(

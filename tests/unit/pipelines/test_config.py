@@ -97,6 +97,27 @@ def test_a_topic_given_in_the_file_is_kept(ws: Workspace) -> None:
     assert kafka.input_topic == "unit-requests"
 
 
+def test_max_request_age_is_off_unless_set(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``processing.max_request_age_ms`` defaults to None (no age limit) and reads from the file
+    or from ``HEADRACE_PROCESSING__MAX_REQUEST_AGE_MS``."""
+    step = [ws.model_step("m", ws.scale_model())]
+    assert load_settings(ws.config(step)).processing.max_request_age_ms is None
+    path = ws.config(step, processing={"max_request_age_ms": 60_000})
+    assert load_settings(path).processing.max_request_age_ms == 60_000
+    monkeypatch.setenv("HEADRACE_PROCESSING__MAX_REQUEST_AGE_MS", "2500")
+    assert load_settings(path).processing.max_request_age_ms == 2500
+
+
+@pytest.mark.parametrize("age", [0, -1])
+def test_max_request_age_must_be_positive(ws: Workspace, age: int) -> None:
+    """A zero or negative request age is refused, naming the dotted key and the value."""
+    message = _config_error(
+        ws, [ws.model_step("m", ws.scale_model())], processing={"max_request_age_ms": age}
+    )
+    assert "key 'processing.max_request_age_ms'" in message
+    assert f"(got {age})" in message
+
+
 def test_relative_paths_resolve_against_the_config_folder(
     ws: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -378,18 +378,17 @@ def test_a_terminable_step_that_returns_in_time_is_served() -> None:
         def __call__(self, data: int, context: StepContext, cancel: Cancel, /) -> int:
             return data * 2
 
-    assert Guarded(Quick(), timeout_ms=50, retries=0, backoff_ms=0).run(
-        4, StepContext(), retry=False
-    ) == 8
+    assert (
+        Guarded(Quick(), timeout_ms=50, retries=0, backoff_ms=0).run(4, StepContext(), retry=False)
+        == 8
+    )
 
 
 def test_should_stop_terminates_an_inline_run_at_once() -> None:
     leaf = _Terminable()
     started = time.monotonic()
     with watching(Watch(should_stop=leaf.started.is_set)), pytest.raises(Stopped):
-        Guarded(leaf, timeout_ms=10_000, retries=3, backoff_ms=0).run(
-            1, StepContext(), retry=True
-        )
+        Guarded(leaf, timeout_ms=10_000, retries=3, backoff_ms=0).run(1, StepContext(), retry=True)
     assert time.monotonic() - started < 0.5
     assert len(leaf.threads) == 1
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
+from pipelines import load_settings
 from pipelines.errors import ConfigError
 from stream.cli.main import main
-from stream.cli.samples import find_project
+from stream.cli.samples import find_project, samples_for
 
 REPO = Path(__file__).resolve().parents[4]
 
@@ -48,3 +50,18 @@ def test_headrace_demo_exits_2_for_a_missing_project(
 def test_the_checkout_has_the_demo_samples() -> None:
     """This repository is a valid project folder for the demo."""
     assert find_project(REPO) == REPO
+
+
+def test_the_demo_sends_one_good_request_after_its_deadline() -> None:
+    """ccfraud's samples hold one request like the smoke test whose x-deadline (epoch ms) has
+    already passed, so the worker dead-letters it as expired; no other sample has a deadline."""
+    settings = load_settings(REPO / "configs" / "ccfraud.yaml")
+    samples = {s.request_id: s for s in samples_for(settings, REPO / "data")}
+    late = samples["deadline-passed"]
+    assert late.value == samples["smoke-test"].value and not late.malformed
+    deadline = dict(late.headers)["x-deadline"]
+    assert deadline.isdigit() and int(deadline) < time.time_ns() // 1_000_000
+    assert late.late
+    assert [s.request_id for s in samples.values() if s.deadline_ms is not None] == [
+        "deadline-passed"
+    ]

@@ -9,6 +9,7 @@ import pickle
 import threading
 import time
 from concurrent.futures import Future, InvalidStateError
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,7 @@ class FakeTransport:
     """Serves requests in-process with a Pipeline on a timer thread, as a worker would.
 
     ``drop`` requests are never answered (the first ones); it records how many requests
-    were in flight at most.
+    were in flight at most, and the headers of each request sent.
     """
 
     def __init__(self, pipeline: Pipeline, *, drop: int = 0, delay: float = 0.002) -> None:
@@ -56,6 +57,7 @@ class FakeTransport:
         self.drop = drop
         self.delay = delay
         self.sent: list[str] = []
+        self.headers: list[dict[str, bytes]] = []
         self.forgotten: list[str] = []
         self.inflight = 0
         self.max_inflight = 0
@@ -65,6 +67,7 @@ class FakeTransport:
         future: Future[wire.Reply] = Future()
         with self._lock:
             self.sent.append(request_id)
+            self.headers.append(dict(request.headers_for(request_id)))
             if self.drop > 0:
                 self.drop -= 1
                 return future
@@ -113,9 +116,24 @@ def ccfraud() -> Pipeline:
     return Pipeline.from_config(CCFRAUD)
 
 
-def _client(pipeline: Pipeline, **options: Any) -> tuple[Client, FakeTransport]:
+def _client(
+    pipeline: Pipeline, *, wall_clock_ms: Any = None, **options: Any
+) -> tuple[Client, FakeTransport]:
     transport = FakeTransport(pipeline, **options)
-    return Client(pipeline.settings, transport), transport
+    clocks = {"wall_clock_ms": wall_clock_ms} if wall_clock_ms is not None else {}
+    return Client(pipeline.settings, transport, **clocks), transport
+
+
+class Ticking:
+    """A wall clock in epoch ms that starts at ``start`` and moves ``step`` ms each reading."""
+
+    def __init__(self, start: int = 1_796_032_800_000, step: int = 0) -> None:
+        self.now = start - step
+        self.step = step
+
+    def __call__(self) -> int:
+        self.now += self.step
+        return self.now
 
 
 def _without_time(table: pa.Table) -> pa.Table:
@@ -423,7 +441,57 @@ def test_closed_client_refuses_requests(ccfraud: Pipeline) -> None:
     assert transport.sent == []
 
 
+def test_infer_sets_the_deadline_from_its_timeout(ccfraud: Pipeline, tmp_path: Path) -> None:
+    """infer and infer_from_file send x-deadline = now + timeout, in epoch milliseconds."""
+    client, transport = _client(ccfraud, wall_clock_ms=Ticking(1_000_000))
+    client.infer(_frame(1), timeout=2.5)
+    with pytest.raises(InferenceTimeout):  # a deadline is rounded up to the next millisecond
+        client.infer_from_file(DATA / "smoke_test.df.json", timeout=0.0004)
+    assert [sent["x-deadline"] for sent in transport.headers] == [b"1002500", b"1000001"]
+
+
+def test_a_deadline_from_the_wall_clock_is_epoch_milliseconds(ccfraud: Pipeline) -> None:
+    """By default the deadline is the machine's wall clock plus the timeout."""
+    client, transport = _client(ccfraud)
+    before = time.time_ns() // 1_000_000
+    client.infer(_frame(1), timeout=3)
+    after = time.time_ns() // 1_000_000
+    assert before + 3000 <= int(transport.headers[0]["x-deadline"]) <= after + 3000
+
+
+def test_a_retried_request_gets_a_fresh_deadline(ccfraud: Pipeline) -> None:
+    """parallel_infer sets x-deadline on every item, and again on each retry of a timed-out one,
+    from the time it is sent."""
+    clock = Ticking(5_000, step=1_000)
+    client, transport = _client(ccfraud, drop=1, wall_clock_ms=clock)
+    results = asyncio.run(client.parallel_infer([_frame(1)], timeout=0.2, retries=1))
+    assert isinstance(results[0], pd.DataFrame)
+    assert [sent["x-deadline"] for sent in transport.headers] == [b"5200", b"6200"]
+
+
+def test_a_request_that_brings_its_own_deadline_keeps_it(ccfraud: Pipeline) -> None:
+    """A request whose headers already hold x-deadline is sent with that one, not a second."""
+    client, transport = _client(ccfraud, wall_clock_ms=Ticking(1_000))
+    built = wire.build_request(_frame(1), wire.Options(), custom=False)
+    own = replace(built, headers=(*built.headers, ("X-Deadline", b"42")))
+    client.send(own, timeout=5).future.result(5)
+    client.send(built).future.result(5)  # no timeout: no deadline
+    sent = transport.headers
+    assert sent[0]["X-Deadline"] == b"42" and "x-deadline" not in sent[0]
+    assert "x-deadline" not in sent[1]
+
+
 # ---------------------------------------------------------------- BatchInferenceClient
+
+
+def test_batch_run_sets_each_request_s_deadline(ccfraud: Pipeline) -> None:
+    """Every request of run() carries x-deadline = the time it is sent + timeout (default 15 s)."""
+    client, transport = _client(ccfraud, wall_clock_ms=Ticking(10_000, step=10))
+    BatchInferenceClient(client).run(_frame(30), batch_size=10, executors=1, timeout=2)
+    assert [sent["x-deadline"] for sent in transport.headers] == [b"12000", b"12010", b"12020"]
+    client, transport = _client(ccfraud, wall_clock_ms=Ticking(10_000))
+    BatchInferenceClient(client).run(_frame(5), batch_size=10)
+    assert transport.headers[0]["x-deadline"] == b"25000"
 
 
 def test_batch_run_splits_keeps_order_and_bounds_inflight(ccfraud: Pipeline) -> None:

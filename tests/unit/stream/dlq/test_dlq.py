@@ -83,6 +83,46 @@ def test_skip_reasons_follow_the_filters() -> None:
     )
 
 
+def test_replay_drops_the_old_deadline() -> None:
+    """A replayed request leaves its x-deadline behind, whatever its case and error type: the
+    caller's deadline has passed, and the worker would only expire it again."""
+    for error_type in ("expired", "step_error"):
+        letter = _letter(error_type, ("X-Deadline", b"1714564000000"))
+        assert [name for name, _ in replay_headers(letter)] == [
+            "trace",
+            "X-Request-Id",
+            "trace",
+            "x-replayed-from",
+        ]
+
+
+def test_expired_dead_letters_are_replayed_only_when_asked_for() -> None:
+    """A replay without --error-type skips expired dead letters; --error-type expired (alone
+    or with others) replays them."""
+    expired = _letter("expired", ("x-deadline", b"1714564000000"))
+
+    assert ReplayOptions().skip_reason(expired) == (
+        "expired, replayed only with --error-type expired"
+    )
+    assert ReplayOptions(error_types=frozenset({"expired"})).skip_reason(expired) is None
+    both = ReplayOptions(error_types=frozenset({"expired", "step_error"}))
+    assert both.skip_reason(expired) is None
+    assert both.skip_reason(_letter("step_error")) is None
+    only_step = ReplayOptions(error_types=frozenset({"step_error"}))
+    assert only_step.skip_reason(expired) == "not a selected --error-type"
+
+
+def test_replay_help_says_what_happens_to_deadlines_and_expired_letters(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`headrace dlq replay --help` tells that x-deadline is dropped and expired is opt-in."""
+    with pytest.raises(SystemExit):
+        _parse("dlq", "replay", "--help")
+    text = " ".join(capsys.readouterr().out.split())
+    assert "x-deadline" in text
+    assert "skipped unless --error-type expired" in text
+
+
 def test_failed_at_falls_back_to_the_record_timestamp() -> None:
     """x-failed-at when present and readable, else the dead letter's own timestamp."""
     assert failed_at(_letter()) == NOW - timedelta(minutes=3)

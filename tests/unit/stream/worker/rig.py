@@ -14,6 +14,7 @@ from stream.types import Envelope, Headers, Partition
 from stream.worker.commit import AckCommitter, Committer
 from stream.worker.ledger import Ledger
 from stream.worker.loop import Worker
+from stream.worker.tracing import Spans
 from tests.unit.stream.support import CCFRAUD, header
 
 WAIT = 0.005  # batching.max_wait_ms of the tests
@@ -74,6 +75,7 @@ def make_rig(
     output_partitions: int = 2,
     max_message_bytes: int | None = None,
     processing: dict[str, Any] | None = None,
+    spans: Spans | None = None,
     **batching: Any,
 ) -> Rig:
     """A worker serving ``pipeline`` with the settings of ``config``, adjusted for the tests."""
@@ -112,6 +114,7 @@ def make_rig(
         wall_clock_ms=clock.wall_ms,
         metrics=metrics,
         health=health,
+        spans=spans,
     )
     return Rig(settings, clock, broker, consumer, producer, metrics, health, worker)
 
