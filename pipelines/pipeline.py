@@ -124,6 +124,20 @@ class Pipeline:
         models = list(self._built.models.values())
         return models[-1].output_schema if models else None
 
+    def warm_up(self, rows: int | None = None) -> list[str]:
+        """Run every model once on a dummy batch of ``rows`` rows (default: ``batching.max_rows``,
+        at most 1,000) shaped from its input schema: a worker calls it before it joins its group
+        and before a reloaded pipeline takes over (SPEC §6). A model that fails on zeros is not
+        an error here; the models that failed come back as ``"<name>: <error>"``."""
+        count = rows if rows is not None else min(self.settings.batching.max_rows, 1000)
+        failed = []
+        for model in self._built.models.values():
+            try:
+                model.warm_up(max(1, count))
+            except Exception as exc:  # a warm-up must not keep a valid pipeline from serving
+                failed.append(f"{model.name}: {type(exc).__name__}: {exc}")
+        return failed
+
     def max_serve_seconds(self, requests: int = 1) -> float:
         """The longest one ``serve_batch`` of ``requests`` requests takes, from the config.
 

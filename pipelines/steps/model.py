@@ -101,6 +101,17 @@ class ModelStep:
                 table = table.set_column(index, column, conformed)
         return table
 
+    def warm_up(self, rows: int = 1) -> None:
+        """Run the model once on ``rows`` rows of zeros shaped from its inputs (free dimensions
+        of 1), so that the first request does not pay onnxruntime's first-run cost."""
+        feeds = {
+            tensor.name: np.zeros(
+                (rows, *(1 if dim is None else dim for dim in tensor.shape)), tensor.dtype
+            )
+            for _, tensor in self.inputs
+        }
+        self._session.run(self._output_names, feeds)
+
     def __call__(self, frame: Frame, context: StepContext, cancel: Cancel) -> Frame:
         del context
         table = frame.current

@@ -290,6 +290,8 @@ class Worker:
             _log.warning(
                 "reload: these sections need a restart and were not applied", sections=ignored
             )
+        for failure in pipeline.warm_up():  # before it takes over (SPEC §6)
+            _log.warning("model warm-up failed; the model is served anyway", error=failure)
         self._serve(self._batcher.drain())
         self._publisher.publish()
         old_version = self.pipeline.version

@@ -544,3 +544,50 @@ def test_max_serve_seconds_gives_each_isolation_level_a_request_alone(
     assert pipeline.max_serve_seconds(1) == pytest.approx(per_level)
     assert pipeline.max_serve_seconds(2) == pytest.approx(2 * per_level)
     assert pipeline.max_serve_seconds(1000) == pytest.approx(11 * per_level)
+
+
+# --- warm-up (SPEC §6) -----------------------------------------------------------------------
+
+
+def test_warm_up_runs_every_model_on_a_batch_shaped_from_its_inputs(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Matrices, integers and free dimensions all get zeros of the right dtype and shape."""
+    pipeline = ws.pipeline([ws.model_step("image", ws.image_model())])
+    counts = ws.pipeline([ws.model_step("count", ws.count_model())])
+    shapes: list[tuple[str, tuple[int, ...], str]] = []
+    for target in (pipeline, counts):
+        for model in target._built.models.values():
+            real = model._session.run
+
+            def spy(names: Any, feeds: dict[str, Any], *rest: Any, real: Any = real) -> Any:
+                shapes.extend((k, v.shape, str(v.dtype)) for k, v in feeds.items())
+                return real(names, feeds, *rest)
+
+            monkeypatch.setattr(model, "_session", _Spied(model._session, spy))
+    assert pipeline.warm_up() == [] and counts.warm_up(rows=3) == []
+    assert shapes == [("image", (1000, 8, 8), "float32"), ("ids", (3,), "int64")]
+
+
+def test_a_model_that_fails_its_warm_up_is_reported_not_raised(
+    ccfraud: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (model,) = ccfraud._built.models.values()
+
+    def broken(rows: int = 1) -> None:
+        raise RuntimeError("no zeros here")
+
+    monkeypatch.setattr(model, "warm_up", broken)
+    assert ccfraud.warm_up() == ["ccfraud: RuntimeError: no zeros here"]
+    assert ccfraud.infer([{"tensor": [0.1] * 29}])  # and it serves
+
+
+class _Spied:
+    """An onnxruntime session whose ``run`` goes through ``spy``."""
+
+    def __init__(self, session: Any, spy: Any) -> None:
+        self._session = session
+        self.run = spy
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)

@@ -138,3 +138,23 @@ def test_a_limit_of_zero_turns_the_guardrail_off(config: Path) -> None:
         _serve(rig)
     assert len(rig.dead_letters()) == 4
     assert rig.health.ready()[0]
+
+
+def test_a_reloaded_pipeline_is_warmed_up_before_it_takes_over(
+    config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SPEC §6: its models run once while the old pipeline still serves."""
+    rig = _rig(config, limit=0)
+    old = rig.worker.pipeline
+    seen: list[tuple[Pipeline, Pipeline]] = []
+
+    def warm_up(pipeline: Pipeline, rows: int | None = None) -> list[str]:
+        seen.append((pipeline, rig.worker.pipeline))
+        return []
+
+    monkeypatch.setattr(Pipeline, "warm_up", warm_up)
+    _write(config, broken=False)
+    rig.worker.request_reload()
+    _serve(rig)
+    ((warmed, serving_then),) = seen
+    assert serving_then is old and warmed is rig.worker.pipeline is not old
