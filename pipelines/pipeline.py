@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -89,6 +90,10 @@ class Pipeline:
         self._clock_ns = clock_ns
         self._built = build(settings, sleep=sleep, rng=np.random.default_rng(seed))
         self.version = _version(settings, {k: m.sha256 for k, m in self._built.models.items()})
+        self._worst_case_s = {  # every step's longest run, with retries and without
+            retry: sum(step.worst_case_s(retry=retry) for step in self._built.guarded)
+            for retry in (False, True)
+        }
 
     @classmethod
     def from_config(cls, path: str | os.PathLike[str], **options: Any) -> Pipeline:
@@ -147,8 +152,8 @@ class Pipeline:
         that is more. Past it no attempt starts and a running one is abandoned; checks and
         assembling results come on top (milliseconds).
         """
-        once = sum(step.worst_case_s(retry=False) for step in self._built.guarded)
-        alone = sum(step.worst_case_s(retry=True) for step in self._built.guarded)
+        once = self._worst_case_s[False]
+        alone = self._worst_case_s[True]
         return (isolation_levels(requests) + 1) * max(alone, 2 * once)
 
     def conform(self, table: pa.Table) -> pa.Table:
@@ -194,9 +199,12 @@ class Pipeline:
         *,
         should_stop: Callable[[], bool] | None = None,
         keep_alive: Callable[[], None] | None = None,
+        groups: frozenset[str] | None = None,
     ) -> BatchResult:
         """Serve one micro-batch: ``table`` holds the requests' rows, conformed (:meth:`conform`,
-        or a concatenation of conformed tables), ``row_counts`` their sizes.
+        or a concatenation of conformed tables), ``row_counts`` their sizes. The segments'
+        tables hold the result columns of ``groups`` (:func:`~pipelines.results.groups_for`
+        of the requests' datasets), or every column.
 
         A failing batch is bisected until the failing requests are alone; only a request
         served on its own has its steps retried, so one bad request never fails its
@@ -210,12 +218,12 @@ class Pipeline:
         """
         context = StepContext(MappingProxyType(dict(parameters or {})), pipeline=self.name)
         result = BatchResult()
-        starts = np.concatenate([[0], np.cumsum(row_counts)]).astype(int).tolist()
+        starts = [0, *itertools.accumulate(row_counts)]
         decode = list(decode_ns) if decode_ns is not None else [0] * len(row_counts)
         budget = self.max_serve_seconds(len(row_counts))
         watch = Watch(budget_s=budget, should_stop=should_stop, keep_alive=keep_alive)
         with watching(watch):
-            run = _Run(table, starts, decode, context, result, watch)
+            run = _Run(table, starts, decode, context, result, watch, groups)
             self._serve_range(run, 0, len(row_counts))
         result.unserved.sort()
         return result
@@ -328,6 +336,7 @@ class Pipeline:
             step_ns=step_ns,
             decode_ns=run.decode_ns[first:stop],
             rows_per_request=counts,
+            groups=run.groups,
         )
         run.result.segments.append(
             Segment(first=first, row_counts=counts, table=served, step_ns=tuple(step_ns))
@@ -349,6 +358,7 @@ class _Run:
     context: StepContext
     result: BatchResult
     watch: Watch
+    groups: frozenset[str] | None = None  # the result groups to build; None: all
     timeouts: Counter[int] = field(default_factory=Counter)  # timed-out ranges per depth
     split_above: int = 0  # ranges shallower than this are split without being tried
 

@@ -13,7 +13,7 @@ from pipelines.columns import repeat_text
 from pipelines.errors import SchemaError
 from pipelines.frame import Frame
 
-__all__ = ["GROUPS", "assemble", "select"]
+__all__ = ["GROUPS", "assemble", "groups_for", "select"]
 
 GROUPS = ("time", "in", "out", "check_failures", "anomaly", "metadata")
 TIME_TYPE = pa.timestamp("ms", tz="UTC")
@@ -27,30 +27,67 @@ def assemble(
     step_ns: Sequence[int],
     decode_ns: Sequence[int],
     rows_per_request: Sequence[int],
+    groups: frozenset[str] | None = None,
 ) -> pa.Table:
-    """Every result column, in SPEC order; ``select`` then keeps what the request asked for."""
+    """Every result column, in SPEC order; ``select`` then keeps what the request asked for.
+
+    With ``groups`` (see :func:`groups_for`), only the columns of those groups are built: the
+    columns nobody asked for cost nothing.
+    """
     rows = frame.num_rows
-    names: list[str] = ["time"]
-    columns: list[pa.Array | pa.ChunkedArray] = [
-        pa.repeat(pa.scalar(served_at_ms, TIME_TYPE), rows)
-    ]
+    names: list[str] = []
+    columns: list[pa.Array | pa.ChunkedArray] = []
+    if groups is None or "time" in groups:
+        names.append("time")
+        columns.append(pa.repeat(pa.scalar(served_at_ms, TIME_TYPE), rows))
     for prefix, table in (("in", frame.inputs), ("out", frame.outputs)):
-        if table is not None:
+        if table is not None and (groups is None or prefix in groups):
             names += [f"{prefix}.{name}" for name in table.column_names]
             columns += table.columns
-    names += list(frame.extra)
-    columns += frame.extra.values()
-    names.append("check_failures")
-    columns.append(_check_failures(frame.anomalies.values(), rows))
-    names += [f"anomaly.{name}" for name in frame.anomalies]
-    columns += frame.anomalies.values()
-    names += ["metadata.elapsed", "metadata.last_model", "metadata.pipeline_version"]
-    columns += [
-        _elapsed(step_ns, decode_ns, rows_per_request),
-        frame.last_model if frame.last_model is not None else pa.nulls(rows, pa.string()),
-        repeat_text(version, rows),
-    ]
+    if groups is None or "out" in groups:
+        names += list(frame.extra)
+        columns += frame.extra.values()
+    if groups is None or "check_failures" in groups:
+        names.append("check_failures")
+        columns.append(_check_failures(frame.anomalies.values(), rows))
+    if groups is None or "anomaly" in groups:
+        names += [f"anomaly.{name}" for name in frame.anomalies]
+        columns += frame.anomalies.values()
+    if groups is None or "metadata" in groups:
+        names += ["metadata.elapsed", "metadata.last_model", "metadata.pipeline_version"]
+        columns += [
+            _elapsed(step_ns, decode_ns, rows_per_request),
+            frame.last_model if frame.last_model is not None else pa.nulls(rows, pa.string()),
+            repeat_text(version, rows),
+        ]
     return pa.Table.from_arrays(columns, names=names)
+
+
+_STAR = frozenset(("time", "in", "out", "check_failures", "anomaly"))
+
+
+@functools.lru_cache(maxsize=256)
+def groups_for(dataset: tuple[str, ...] | None) -> frozenset[str] | None:
+    """The groups whose columns ``dataset`` can select, or None when that cannot be told
+    without the column names (an entry written with another separator, or unknown): then
+    every group is built, and :func:`select` resolves (or refuses) the entry as it always does.
+    Exclusions never take a group away here: :func:`select` applies them."""
+    if dataset is None:
+        return _STAR
+    wanted: set[str] = set()
+    for raw in dataset:
+        entry = raw.strip()
+        head = entry.partition(".")[0]
+        head = "metadata" if head == "meta" else head
+        if entry == "*":
+            wanted |= _STAR
+        elif head in GROUPS:
+            wanted.add(head)
+        elif head.startswith("out_") and "." in entry:  # a challenger's or split's column
+            wanted.add("out")
+        else:
+            return None
+    return frozenset(wanted)
 
 
 def select(

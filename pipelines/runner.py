@@ -391,6 +391,7 @@ class _Watchdog:
         with self._start_lock:
             if not self._started:
                 self._started = True
+                self._resting = False  # the thread starts awake
                 threading.Thread(target=self._watch, name="headrace-watchdog", daemon=True).start()
         self._wake.set()
 

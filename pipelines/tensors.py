@@ -8,6 +8,7 @@ naming the column, what the model expects and what arrived.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TypeAlias
 
@@ -100,9 +101,14 @@ def tensor_to_column(tensor: np.ndarray) -> pa.Array:
     for dim_index in range(tensor.ndim - 1, 0, -1):
         size = tensor.shape[dim_index]
         count = len(array) // size if size else int(np.prod(tensor.shape[:dim_index]))
-        offsets = pa.array(np.arange(0, (count + 1) * size, size, dtype=np.int32)[: count + 1])
-        array = pa.ListArray.from_arrays(offsets, array)
+        array = pa.ListArray.from_arrays(_offsets(count, size), array)
     return array
+
+
+@functools.lru_cache(maxsize=64)  # a model's outputs have the same shape batch after batch
+def _offsets(count: int, size: int) -> pa.Array:
+    """The offsets of ``count`` lists of ``size`` values each."""
+    return pa.array(np.arange(count + 1, dtype=np.int32) * np.int32(size))
 
 
 def _list_depth(arrow_type: pa.DataType) -> int:

@@ -22,7 +22,7 @@ from pipelines import Pipeline, formats
 from pipelines.errors import DecodeError, OutputError, PipelineError, SchemaError, StepError
 from pipelines.formats import CONTENT_TYPES, Format
 from pipelines.pipeline import Segment
-from pipelines.results import select
+from pipelines.results import groups_for, select
 from pipelines.runner import Stopped
 from stream.headers import result_headers
 from stream.ops.metrics import Metrics, NullMetrics
@@ -30,6 +30,18 @@ from stream.types import DeadLetter, Outcome, Result
 from stream.worker.decoding import Decoded, failure, stage
 
 __all__ = ["Server"]
+
+
+def _groups(requests: Sequence[Decoded]) -> frozenset[str] | None:
+    """The result groups the requests' datasets can select: only those are built."""
+    selections = {id(request.selection): request.selection for request in requests}
+    found: set[str] = set()
+    for selection in selections.values():
+        groups = groups_for(selection.dataset)
+        if groups is None:
+            return None
+        found |= groups
+    return frozenset(found)
 
 
 class Server:
@@ -76,6 +88,7 @@ class Server:
                     [request.decode_ns for request in served],
                     should_stop=self._should_stop,
                     keep_alive=self._keep_alive,
+                    groups=_groups(served),
                 )
             for index in batch.unserved:
                 outcomes[id(served[index])] = None
@@ -140,6 +153,7 @@ class Server:
                 [request.decode_ns],
                 should_stop=self._should_stop,
                 keep_alive=self._keep_alive,
+                groups=_groups([request]),
             )
         if batch.unserved:
             return {id(request): None}
