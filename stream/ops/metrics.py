@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 __all__ = ["Metrics", "NullMetrics", "PrometheusMetrics"]
 
@@ -58,10 +62,6 @@ class PrometheusMetrics:
         self.registry = registry or CollectorRegistry()
         self.pipeline = pipeline
         r = self.registry
-        self._requests = Counter(
-            "headrace_requests", "Requests answered, by outcome.", _by("outcome"), registry=r
-        )
-        self._rows = Counter("headrace_rows", "Rows served.", _by(), registry=r)
         self._dead_letters = Counter(
             "headrace_dead_letters", "Dead letters, by error type.", _by("error_type"), registry=r
         )
@@ -75,13 +75,8 @@ class PrometheusMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self._latency = Histogram(
-            "headrace_request_latency_seconds",
-            "From the request's timestamp to its result being acknowledged.",
-            _by(),
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
+        self._answered = _Answered(pipeline)  # requests served, rows and their latencies
+        r.register(self._answered)
         self._inflight = Gauge(
             "headrace_inflight_rows", "Rows consumed and not yet acknowledged.", _by(), registry=r
         )
@@ -91,10 +86,6 @@ class PrometheusMetrics:
             _by("partition"),
             registry=r,
         )
-        self._served = self._requests.labels(pipeline, "served")
-        self._dead = self._requests.labels(pipeline, "dead_lettered")
-        self._rows_child = self._rows.labels(pipeline)
-        self._latency_child = self._latency.labels(pipeline)
         self._inflight.labels(pipeline).set(0)
 
     def batch(self, rows: int, seconds: float) -> None:
@@ -106,13 +97,10 @@ class PrometheusMetrics:
             self._step_seconds.labels(self.pipeline, name).observe(elapsed / 1e9)
 
     def served(self, rows: int, request_timestamp_ms: int, now_ms: int) -> None:
-        self._served.inc()
-        self._rows_child.inc(rows)
-        if request_timestamp_ms > 0:
-            self._latency_child.observe(max(0, now_ms - request_timestamp_ms) / 1000)
+        self._answered.add(rows, request_timestamp_ms, now_ms)
 
     def dead_lettered(self, error_type: str) -> None:
-        self._dead.inc()
+        self._answered.dead_lettered()
         self._dead_letters.labels(self.pipeline, error_type).inc()
 
     def inflight(self, rows: int) -> None:
@@ -120,6 +108,79 @@ class PrometheusMetrics:
 
     def lag(self, partition: int, messages: int) -> None:
         self._lag.labels(self.pipeline, str(partition)).set(messages)
+
+
+_FOLD_AT = 4096  # pending latencies folded into the bucket counts at this many, or at a scrape
+
+
+class _Answered(Collector):
+    """``headrace_requests_total``, ``headrace_rows_total`` and the
+    ``headrace_request_latency_seconds`` histogram, counted in bulk.
+
+    A result's acknowledgement only appends its latency (under a lock); the latencies are
+    bucketed a few thousand at a time with numpy, and at each scrape. prometheus_client's own
+    counters and histogram take a lock and a bucket search per call: ~1.8 µs a request, a tenth
+    of a single-row request's whole cost in the worker.
+    """
+
+    def __init__(self, pipeline: str) -> None:
+        self._pipeline = pipeline
+        self._bounds = np.asarray(_LATENCY_BUCKETS, dtype=np.float64)
+        self._buckets = np.zeros(len(_LATENCY_BUCKETS) + 1, dtype=np.int64)
+        self._sum = 0.0
+        self._served = 0
+        self._dead_lettered = 0
+        self._rows = 0
+        self._pending: list[float] = []
+        self._lock = threading.Lock()
+
+    def add(self, rows: int, request_timestamp_ms: int, now_ms: int) -> None:
+        with self._lock:
+            self._served += 1
+            self._rows += rows
+            if request_timestamp_ms > 0:
+                self._pending.append(max(0, now_ms - request_timestamp_ms) / 1000)
+                if len(self._pending) >= _FOLD_AT:
+                    self._fold()
+
+    def dead_lettered(self) -> None:
+        with self._lock:
+            self._dead_lettered += 1
+
+    def _fold(self) -> None:
+        """Bucket the pending latencies (``le``: a value on a bound counts in its bucket)."""
+        if self._pending:
+            values = np.asarray(self._pending, dtype=np.float64)
+            where = np.searchsorted(self._bounds, values, side="left")
+            self._buckets += np.bincount(where, minlength=len(self._buckets))
+            self._sum += float(values.sum())
+            self._pending = []
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            self._fold()
+            served, dead, rows, total = self._served, self._dead_lettered, self._rows, self._sum
+            cumulative = np.cumsum(self._buckets).tolist()
+        labels = [self._pipeline]
+        requests = CounterMetricFamily(
+            "headrace_requests", "Requests answered, by outcome.", labels=["pipeline", "outcome"]
+        )
+        requests.add_metric([self._pipeline, "served"], served)
+        requests.add_metric([self._pipeline, "dead_lettered"], dead)
+        yield requests
+        counted = CounterMetricFamily("headrace_rows", "Rows served.", labels=["pipeline"])
+        counted.add_metric(labels, rows)
+        yield counted
+        latency = HistogramMetricFamily(
+            "headrace_request_latency_seconds",
+            "From the request's timestamp to its result being acknowledged.",
+            labels=["pipeline"],
+        )
+        bounds = [repr(float(bound)) for bound in _LATENCY_BUCKETS] + [
+            "+Inf"
+        ]  # as Histogram writes them
+        latency.add_metric(labels, list(zip(bounds, cumulative, strict=True)), total)
+        yield latency
 
 
 def _by(*labels: str) -> list[str]:
