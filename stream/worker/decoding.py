@@ -184,7 +184,7 @@ class Decoder:
                 f"request of {size} bytes is over the limit of {self._max_bytes} bytes "
                 "(kafka.max_message_bytes)"
             )
-        found = envelope.header_map() if envelope.headers else {}
+        found = envelope.header_map() if envelope.headers else _NO_HEADERS
         if headers.UNREADABLE_HEADERS in found:
             raise DecodeError(_text(found[headers.UNREADABLE_HEADERS]) or "unreadable headers")
         deadline = found.get(headers.DEADLINE)
@@ -200,11 +200,12 @@ class Decoder:
         traceparent = found.get(headers.TRACEPARENT)
         content_type = _text(found.get(headers.CONTENT_TYPE))
         fmt = formats.format_for_content_type(content_type)
+        known = found.keys() & _KNOWN  # set operations in C: most requests carry no others
         request = _Request(
             envelope,
             content_type,
-            self._selection(found) if found else self._default,
-            _parameters(envelope) if any(k.startswith(_PREFIX) for k in found) else (),
+            self._default if known.isdisjoint(_SELECTION) else self._selection(found),
+            _parameters(envelope) if len(known) < len(found) else (),
             started,
             None if traceparent is None else child(traceparent),
         )
@@ -269,6 +270,17 @@ class Decoder:
             _split(exclude) if exclude is not None else self._default.exclude,
             separator or ".",
         )
+
+
+_NO_HEADERS: dict[str, bytes] = {}
+_SELECTION = frozenset((headers.DATASET, headers.DATASET_EXCLUDE, headers.DATASET_SEPARATOR))
+_KNOWN = _SELECTION | {  # request headers that are not step parameters (x-param-*)
+    headers.CONTENT_TYPE,
+    headers.REQUEST_ID,
+    headers.DEADLINE,
+    headers.TRACEPARENT,
+    headers.TRACESTATE,
+}
 
 
 def _is_records(payload: bytes) -> bool:
