@@ -417,13 +417,13 @@ def envelope_of(message: confluent_kafka.Message) -> Envelope:
     """
     topic, index, offset = message.topic(), message.partition(), message.offset()
     assert topic is not None and index is not None and offset is not None
-    return Envelope(
-        partition=_partition(topic, index),
-        offset=offset,
-        key=message.key(),
-        value=message.value() or b"",
-        headers=_headers(message),
-        timestamp_ms=message.timestamp()[1],
+    return Envelope(  # positional: one is made per message
+        _partition(topic, index),
+        offset,
+        message.key(),
+        message.value() or b"",
+        _headers(message),
+        message.timestamp()[1],
     )
 
 
@@ -436,8 +436,10 @@ def _headers(message: confluent_kafka.Message) -> Headers:
         return ()
     pairs = raw.items() if isinstance(raw, dict) else raw
     return tuple(
-        (name, value.encode() if isinstance(value, str) else (value or b""))
-        for name, value in pairs
+        [  # a list comprehension: no generator frame per message
+            (name, value.encode() if isinstance(value, str) else (value or b""))
+            for name, value in pairs
+        ]
     )
 
 

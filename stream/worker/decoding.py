@@ -116,8 +116,7 @@ class Decoded:
             return ("table", self.table.schema, self.parameters)
         if self.records is not None:
             # value types too: an int column must not turn float because a batch-mate sent 1.5
-            first = self.records[0]
-            kinds = tuple(type(value).__name__ for value in first.values())
+            kinds = tuple(map(type, self.records[0].values()))
             return ("records", formats.records_signature(self.records), kinds, self.parameters)
         return ("custom", self.envelope.partition, self.envelope.offset)
 

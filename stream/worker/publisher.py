@@ -21,6 +21,7 @@ When a delivery fails:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import structlog
@@ -170,10 +171,7 @@ class Publisher:
         self._flight.add(delivery)
         outcome, letter = delivery.outcome, delivery.letter
         envelope = outcome.envelope
-
-        def delivered(error: str | None) -> None:
-            self._delivered(delivery, error)
-
+        delivered = functools.partial(self._delivered, delivery)
         if letter is None:
             assert isinstance(outcome, Result)
             self._producer.produce(
