@@ -191,9 +191,10 @@ def _ratio(
 def _versus(results: Results, workload: str, other: str, goal: float, what: str) -> _Target:
     form = "{:.0%}" if other == "bare" else "{:.2f}x"
 
-    def text(found: tuple[float, list[float]] | None) -> str:
+    def text(found: tuple[float, list[float]] | None, tool: str) -> str:
         if found is None:
-            return "failed"
+            tried = {run.tool for run in results.runs if run.workload == workload}
+            return "failed" if {tool, other} <= tried else "not run"
         ratio, paired = found
         if len(paired) < 2:
             return form.format(ratio)
@@ -203,7 +204,8 @@ def _versus(results: Results, workload: str, other: str, goal: float, what: str)
     mine = _ratio(results, "headrace", workload, other)
     target = ">= " + form.format(goal)
     met = None if mine is None else mine[0] >= goal
-    return _Target(what, text(mine), text(_ratio(results, "loop", workload, other)), target, met)
+    loop = text(_ratio(results, "loop", workload, other), "loop")
+    return _Target(what, text(mine, "headrace"), loop, target, met)
 
 
 def _ahead(results: Results) -> _Target:
