@@ -17,8 +17,9 @@ _AT_LEAST_S = 1.0
 def bare_rows_per_second(
     model: Path, batch: npt.NDArray[np.float32], *, passes: int, seconds: float
 ) -> float:
-    """Rows per second of ``session.run`` on ``batch`` (default session options, as the
-    worker's), run ``passes`` times and for at least a second, at most ``seconds``."""
+    """Rows per second of ``session.run`` on ``batch`` (onnxruntime's default session options:
+    unlike the worker's, its pool threads spin between runs, the fastest a lone process gets),
+    run ``passes`` times and for at least a second, at most ``seconds``."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(
