@@ -15,7 +15,6 @@ from pipelines import Pipeline
 from pipelines.config import Settings, load_settings
 from pipelines.errors import ConfigError, PipelineError
 from stream.errors import TransactionAborted, WorkerError
-from stream.headers import TRACEPARENT, TRACESTATE
 from stream.kafka.protocols import Consumer, Producer
 from stream.ops.health import Health
 from stream.ops.metrics import Metrics, NullMetrics
@@ -241,15 +240,12 @@ class Worker:
         for request, outcome in zip(batch.requests, served, strict=True):
             if request.trace is None or not isinstance(outcome, Result):
                 continue
-            envelope = request.envelope
-            self._spans.request_span(
-                envelope.header(TRACEPARENT),
+            self._spans.consumed_span(
+                request.envelope,
                 request.trace[1],
-                tracestate=envelope.header(TRACESTATE),
-                start_ns=min(began_ns, max(0, envelope.timestamp_ms) * 1_000_000) or began_ns,
                 end_ns=ended_ns,
                 batch=link,
-                attributes={"headrace.rows": request.rows, "headrace.offset": envelope.offset},
+                attributes={"headrace.rows": request.rows},
             )
 
     def _server_for(self, pipeline: Pipeline) -> Server:

@@ -29,7 +29,7 @@ import structlog
 from pipelines.config import KafkaSettings
 from pipelines.errors import OutputError
 from stream.errors import WorkerError
-from stream.headers import TRACEPARENT, TRACESTATE
+from stream.headers import TRACEPARENT
 from stream.kafka.protocols import Producer
 from stream.ops.health import Health
 from stream.ops.metrics import Metrics
@@ -154,16 +154,8 @@ class Publisher:
         found = None if original is None or ours is None else parse_traceparent(ours)
         if found is None or ours == original:
             return
-        ended_ns = failed_at_ms * 1_000_000
-        self._spans.request_span(
-            original,
-            found.span_id,
-            tracestate=envelope.header(TRACESTATE),
-            start_ns=min(ended_ns, max(0, envelope.timestamp_ms) * 1_000_000) or ended_ns,
-            end_ns=ended_ns,
-            error=dead.error.message,
-            error_type=dead.error.error_type,
-            attributes={"headrace.offset": envelope.offset},
+        self._spans.consumed_span(
+            envelope, found.span_id, end_ns=failed_at_ms * 1_000_000, error=dead.error
         )
 
     def _produce(self, delivery: Delivery) -> None:

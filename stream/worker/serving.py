@@ -59,7 +59,16 @@ class Server:
         self._metrics = metrics or NullMetrics()
         self._should_stop = should_stop
         self._keep_alive = keep_alive
-        self.step_seconds: dict[str, float] = {}  # each step's time in the last batch served
+        self._last_segments: Sequence[Segment] = ()  # of the last batch served
+
+    @property
+    def step_seconds(self) -> dict[str, float]:
+        """Each step's time in the last batch served (for its trace span)."""
+        seconds = dict.fromkeys(self.pipeline.step_names, 0.0)
+        for segment in self._last_segments:
+            for name, ns in zip(self.pipeline.step_names, segment.step_ns, strict=False):
+                seconds[name] += ns / 1e9
+        return seconds
 
     def serve(self, requests: Sequence[Decoded]) -> list[Outcome | None]:
         """One outcome per request, in the order given (``None``: left unserved because the
@@ -94,12 +103,9 @@ class Server:
                 outcomes[id(served[index])] = None
             for index, error in batch.errors.items():
                 outcomes[id(served[index])] = DeadLetter(served[index].envelope, error)
-            names = self.pipeline.step_names
-            self.step_seconds = dict.fromkeys(names, 0.0)
+            self._last_segments = batch.segments
             for segment in batch.segments:
-                self._metrics.steps(names, segment.step_ns)
-                for name, ns in zip(names, segment.step_ns, strict=False):
-                    self.step_seconds[name] += ns / 1e9
+                self._metrics.steps(self.pipeline.step_names, segment.step_ns)
                 members = [served[index] for index in segment.requests]
                 outcomes.update(self._encode(segment, members))
         return [outcomes[id(request)] for request in requests]

@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, ClassVar
 
 import structlog
 
-from stream.headers import TRACEPARENT
-from stream.types import Headers
+from pipelines.errors import PipelineError
+from stream.headers import TRACEPARENT, TRACESTATE
+from stream.types import Envelope, Headers
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
@@ -204,6 +205,31 @@ class Spans:
         ``tracestate``) whose own span id is ``span_id`` — the one :func:`child` wrote into the
         result's or dead letter's header — linked to its micro-batch's span. A dead letter
         passes ``error`` (its message) and ``error_type``: the span's status is then ERROR."""
+
+    def consumed_span(
+        self,
+        envelope: Envelope,
+        span_id: int,
+        *,
+        end_ns: int,
+        batch: object | None = None,
+        error: PipelineError | None = None,
+        attributes: Attributes | None = None,
+    ) -> None:
+        """:meth:`request_span` of a consumed request: its ``traceparent`` and ``tracestate``
+        read from ``envelope``, from its Kafka timestamp (queueing included) to ``end_ns``."""
+        start_ns = min(end_ns, max(0, envelope.timestamp_ms) * 1_000_000) or end_ns
+        self.request_span(
+            envelope.header(TRACEPARENT),
+            span_id,
+            tracestate=envelope.header(TRACESTATE),
+            start_ns=start_ns,
+            end_ns=end_ns,
+            batch=batch,
+            error=None if error is None else error.message,
+            error_type=None if error is None else error.error_type,
+            attributes={"headrace.offset": envelope.offset, **(attributes or {})},
+        )
 
     def close(self) -> None:
         """Export what is still buffered and stop; at the worker's exit."""

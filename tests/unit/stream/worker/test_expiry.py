@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
@@ -102,14 +99,6 @@ def test_results_and_dead_letters_carry_the_workers_traceparent(ccfraud: Pipelin
         spans.add(sent.span_id)
     assert len(spans) == 2  # a span of its own for each request
     assert header(untraced, "traceparent") == b"not-a-traceparent"  # passed through
-
-
-@pytest.fixture
-def exported() -> Iterator[tuple[Spans, InMemorySpanExporter]]:
-    exporter = InMemorySpanExporter()
-    spans = Spans.exporting_to("ccfraud", exporter, batched=False)
-    yield spans, exporter
-    spans.close()
 
 
 def test_the_worker_exports_a_span_per_traced_request_linked_to_its_batch(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -167,15 +166,6 @@ def test_tracing_asked_for_without_the_sdk_leaves_tracing_off() -> None:
 
 
 # --- exported spans -------------------------------------------------------------------------
-
-
-@pytest.fixture
-def exported() -> Iterator[tuple[Spans, InMemorySpanExporter]]:
-    """Spans exported to memory, each as it ends."""
-    exporter = InMemorySpanExporter()
-    spans = Spans.exporting_to("ccfraud", exporter, batched=False)
-    yield spans, exporter
-    spans.close()
 
 
 def _serve(spans: Spans, parent: bytes, error: str | None = None) -> tuple[int, object | None]:
