@@ -52,14 +52,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--out",
         type=Path,
-        help=f"the report (default: {_LAST_RUN.name} "
-        "for a full run, the log folder for a quick one)",
+        help=f"the report (default: {_LAST_RUN.name} for a full run, the log folder for a "
+        "quick, partial (--only) or rescaled one)",
     )
     args = parser.parse_args(argv)
     quick: bool = args.quick
     repetitions: int = args.repetitions or (1 if quick else 3)
     log_dir = Path(tempfile.mkdtemp(prefix="headrace-bench-"))
-    out: Path = args.out or (log_dir / "last-run.md" if quick else _LAST_RUN)
+    partial = quick or bool(args.only) or args.scale != 1.0
+    out: Path = args.out or (log_dir / "last-run.md" if partial else _LAST_RUN)
     _build_heavy()
     tools = [tool for tool in TOOLS if tool != "quix" or quix_python() is not None] + ["bare"]
     only = set(args.only.split(",")) if args.only else set()

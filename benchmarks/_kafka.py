@@ -44,11 +44,9 @@ __all__ = [
 
 Message = tuple[bytes | None, bytes, Headers]  # key, value, headers
 
-# The librdkafka settings of the worker (stream.kafka.config's defaults, copied so that the
-# baselines do not move when the worker's code does): the raw copy and the minimal loop use
-# them, so that they differ from the worker in Python work only.
-# the peers' clients use the worker's librdkafka defaults (the Quix Streams app excepted: it
-# keeps its own, as its users would)
+# The raw copy and the minimal loop use the worker's librdkafka defaults (stream.kafka.config),
+# so that they differ from the worker in Python work only; the Quix Streams app keeps its own,
+# as its users would.
 PEER_CONSUMER: dict[str, str | int | float | bool] = dict(CONSUMER_DEFAULTS)
 PEER_PRODUCER: dict[str, str | int | float | bool] = {
     **PRODUCER_DEFAULTS,
