@@ -200,6 +200,7 @@ class FakeConsumer:
         self.group_id = group_id
         self.rebalance_protocol: RebalanceProtocol = rebalance_protocol
         self.commits: list[Commit] = []
+        self.timeouts: list[float] = []  # of each consume, in order
         self.closed = False
         self.unreachable: str | None = None  # set to make reachable() fail
         self._topics: list[str] = []
@@ -225,8 +226,9 @@ class FakeConsumer:
         self._assign_on_consume = True
 
     def consume(self, max_messages: int, timeout: float) -> list[Envelope]:
-        """Run pending rebalances, then return up to ``max_messages`` records (never waits)."""
-        del timeout
+        """Run pending rebalances, then return up to ``max_messages`` records (never waits;
+        the ``timeout`` it was given is kept in :attr:`timeouts`)."""
+        self.timeouts.append(timeout)
         self._check_open()
         if self._assign_on_consume:
             self._assign_on_consume = False
@@ -439,6 +441,7 @@ class FakeProducer:
         self._queue: deque[_Outgoing] = deque()
         self._failures: deque[tuple[str | None, str]] = deque()
         self._held = False
+        self.poll_timeouts: list[float] = []  # of each poll, in order
 
     def produce(
         self,
@@ -456,8 +459,9 @@ class FakeProducer:
         )
 
     def poll(self, timeout: float) -> None:
-        """Report the deliveries queued so far (none while held); never waits."""
-        del timeout
+        """Report the deliveries queued so far (none while held); never waits (the
+        ``timeout`` it was given is kept in :attr:`poll_timeouts`)."""
+        self.poll_timeouts.append(timeout)
         if not self._held:
             self.deliver(len(self._queue))
 

@@ -42,6 +42,10 @@ class Intake:
         self.enforce()
         return True
 
+    def holding(self, name: str) -> bool:
+        """Whether hold ``name`` is on."""
+        return name in self._holds
+
     def release(self, name: str) -> None:
         """Take hold ``name`` off; the partitions resume when no hold is left."""
         self._holds.discard(name)

@@ -186,6 +186,11 @@ class Worker:
 
     def _consume(self) -> None:
         timeout = self._batcher.max_wait_s if self._batcher.rows else _IDLE_POLL_S
+        if self._intake.holding(_BACKPRESSURE):
+            # The paused partitions give nothing: wait for the acknowledgements that lift the
+            # hold (the producer's poll returns with the first), not on the consumer.
+            self._producer.poll(timeout)
+            timeout = 0.0
         envelopes = self._consumer.consume(self._room(), timeout)
         rows_before = self._ledger.pending_rows
         for envelope in envelopes:

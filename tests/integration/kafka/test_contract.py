@@ -421,6 +421,28 @@ def test_a_paused_partition_delivers_nothing_until_resumed(backend: Backend) -> 
     assert [(record.offset, record.value) for record in got] == [(0, b"h0"), (1, b"h1"), (2, b"h2")]
 
 
+def test_a_resumed_partition_delivers_again_at_once(backend: Backend) -> None:
+    """Records reach a resumed partition's consumer within a fraction of a second, pause after
+    pause (librdkafka's fetcher, left alone, notices a resume only at its next wake-up, up to
+    a second later)."""
+    topic = backend.topic()
+    partition = Partition(topic, 0)
+    consumer, seen = _subscribed(backend, topic)
+    _join(consumer, seen)
+    backlog = [b"r%d" % index for index in range(50)]
+    _produce(backend.producer(), topic, backlog, partition.index)
+    assert [record.value for record in _consume(consumer, seen, 2)] == backlog[:2]
+    waits = []
+    for expected in backlog[2:5]:
+        consumer.pause([partition])  # with the rest of the backlog fetched, as back-pressure does
+        assert consumer.consume(1, _POLL_S) == []
+        consumer.resume([partition])
+        resumed = time.monotonic()
+        assert [record.value for record in _consume(consumer, seen, 1)] == [expected]
+        waits.append(time.monotonic() - resumed)
+    assert max(waits) < 0.25, f"seconds from resume to the next record: {waits}"
+
+
 def test_lag_counts_the_records_behind_the_end_of_a_consumed_partition(backend: Backend) -> None:
     """``lag`` gives, per partition consumed from, how many records are left to its end."""
     topic = backend.topic(partitions=2)

@@ -187,6 +187,27 @@ def test_back_pressure_pauses_at_the_limit_and_resumes_below_half(ccfraud: Pipel
     assert offsets(rig.results(0)) == [0, 1, 2, 3, 4]
 
 
+def test_under_back_pressure_the_loop_waits_for_acknowledgements(ccfraud: Pipeline) -> None:
+    """Paused partitions give nothing: the loop waits on the producer, whose acknowledgements
+    lift the hold, and asks the consumer without waiting (it used to sleep on the consumer)."""
+    rig = make_rig(ccfraud, input_partitions=1, max_inflight_rows=4)
+    for seed in range(4):
+        rig.send(records(tensor(seed)))
+    rig.producer.hold()
+    rig.step()
+    rig.step(WAIT)
+    assert rig.consumer.paused() == [rig.input(0)]
+    rig.consumer.timeouts.clear()
+    rig.producer.poll_timeouts.clear()
+    rig.step()
+    assert rig.consumer.timeouts == [0.0]
+    assert rig.producer.poll_timeouts[0] > 0
+    rig.producer.release()
+    rig.step()
+    assert rig.consumer.paused() == []
+    assert rig.consumer.timeouts[-1] == 0.0  # the acknowledgements came while it waited
+
+
 def test_result_bytes_awaiting_acknowledgement_count_against_the_byte_cap(
     ccfraud: Pipeline,
 ) -> None:
