@@ -28,7 +28,7 @@ from stream.worker.publisher import Publisher
 from stream.worker.serving import Server
 from stream.worker.tracing import Spans
 
-__all__ = ["Worker"]
+__all__ = ["Worker", "warm_up"]
 
 _log = structlog.get_logger("headrace.worker")
 _IDLE_POLL_S = 0.1
@@ -291,8 +291,7 @@ class Worker:
             _log.warning(
                 "reload: these sections need a restart and were not applied", sections=ignored
             )
-        for failure in pipeline.warm_up():  # before it takes over (SPEC §6)
-            _log.warning("model warm-up failed; the model is served anyway", error=failure)
+        warm_up(pipeline)  # before it takes over (SPEC §6)
         self._serve(self._batcher.drain())
         self._publisher.publish()
         old_version = self.pipeline.version
@@ -356,3 +355,16 @@ class Worker:
             ms=round(seconds * 1000, 2),
             dead_letters=dead,
         )
+
+
+def warm_up(pipeline: Pipeline) -> None:
+    """Run each model of ``pipeline`` once on a dummy batch, logging how long it took (a
+    model that fails on the dummy batch is logged and served anyway)."""
+    started = time.perf_counter()
+    for failure in pipeline.warm_up():
+        _log.warning("model warm-up failed; the model is served anyway", error=failure)
+    _log.info(
+        "models warmed up",
+        pipeline=pipeline.name,
+        ms=round((time.perf_counter() - started) * 1000, 1),
+    )

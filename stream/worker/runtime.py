@@ -37,7 +37,7 @@ from stream.ops.health import BrokerWatch, Health, MetricsServer
 from stream.ops.metrics import Metrics, PrometheusMetrics
 from stream.worker.commit import AckCommitter, Committer, TransactionalCommitter
 from stream.worker.ledger import Ledger
-from stream.worker.loop import Worker
+from stream.worker.loop import Worker, warm_up
 from stream.worker.tracing import Spans
 
 __all__ = ["REPLICA_INDEX", "build_worker", "run_worker", "transactional_id"]
@@ -172,19 +172,6 @@ def run_worker(settings: Settings, bootstrap: str) -> int:
 # collection every few dozen requests, a quarter of a J worker's CPU (measured: 0.51 s of 1.96 s
 # for 40,000 requests; 0.06 s with this and the freeze below).
 _GC_YOUNGEST = 10_000
-
-
-def warm_up(pipeline: Pipeline) -> None:
-    """Run each model of ``pipeline`` once on a dummy batch, logging how long it took."""
-    started = time.perf_counter()
-    failed = pipeline.warm_up()
-    for failure in failed:
-        _log.warning("model warm-up failed; the model is served anyway", error=failure)
-    _log.info(
-        "models warmed up",
-        pipeline=pipeline.name,
-        ms=round((time.perf_counter() - started) * 1000, 1),
-    )
 
 
 def settle_garbage_collector() -> None:
