@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import os
 import re
 import signal
@@ -230,6 +231,11 @@ def resolve_bootstrap(bootstrap_servers: str) -> tuple[str, EmbeddedBroker | Non
     """
     if bootstrap_servers.strip().lower() != EMBEDDED:
         return bootstrap_servers, None
+    with _starting_lock(EMBEDDED_PORT):
+        return _use_or_start_embedded()
+
+
+def _use_or_start_embedded() -> tuple[str, EmbeddedBroker | None]:
     if _listening(EMBEDDED_HOST, EMBEDDED_PORT):
         if _answers_metadata(EMBEDDED_ADDRESS, 5.0):
             return EMBEDDED_ADDRESS, None
@@ -241,11 +247,43 @@ def resolve_bootstrap(bootstrap_servers: str) -> tuple[str, EmbeddedBroker | Non
     try:
         broker.start()
     except BrokerStartError:
-        # Another process may have started its broker there at the same moment: use that one.
+        # Something outside the lock (not headrace) may have taken the port meanwhile.
         if _listening(EMBEDDED_HOST, EMBEDDED_PORT) and _answers_metadata(EMBEDDED_ADDRESS, 5.0):
             return EMBEDDED_ADDRESS, None
         raise
     return EMBEDDED_ADDRESS, broker
+
+
+@contextlib.contextmanager
+def _starting_lock(port: int, timeout: float = 30.0) -> Iterator[None]:
+    """Hold a per-port lock file while one process looks for the embedded broker and starts it.
+
+    Two processes resolving ``embedded`` at once would otherwise both start Tansu; the loser's
+    exits when it finds the port taken, but on a loaded machine it may not have tried yet when
+    its parent decides it owns the broker. The second process waits here until the first one's
+    broker answers, then uses it. The lock goes with the process (flock), so a killed owner
+    never leaves it held; a lock not obtained within ``timeout`` (a frozen holder) is skipped.
+    """
+    path = Path(tempfile.gettempdir()) / f"headrace-embedded-{port}.lock"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)
+    except OSError:  # an unwritable temporary folder: go on as without the lock
+        yield
+        return
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    _log.warning("embedded broker lock not obtained; going on", path=str(path))
+                    break
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from stream.kafka.broker import (
     EMBEDDED_HOST,
     EMBEDDED_PORT,
     EmbeddedBroker,
+    _starting_lock,
     free_port,
     resolve_bootstrap,
 )
@@ -49,6 +51,31 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+# Resolves "embedded" in a child process, prints the address and whether it owns the broker,
+# and holds it (if it does) until its stdin closes.
+_RESOLVE_EMBEDDED = textwrap.dedent(
+    """
+    import sys
+    from stream.kafka.broker import resolve_bootstrap
+    address, broker = resolve_bootstrap("embedded")
+    print(address, broker is not None, flush=True)
+    sys.stdin.read()
+    if broker is not None:
+        broker.stop()
+    """
+)
+
+
+def _resolve_in_child() -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", _RESOLVE_EMBEDDED],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _topic_names(bootstrap: str) -> set[str]:
@@ -100,33 +127,39 @@ def test_resolve_bootstrap_starts_the_embedded_broker_then_reuses_it() -> None:
 @pytest.mark.skipif(not _port_free(EMBEDDED_PORT), reason=f"{EMBEDDED_ADDRESS} is in use here")
 def test_resolve_bootstrap_is_race_safe_across_processes() -> None:
     """Two processes resolving 'embedded' at once share one broker: exactly one owns it."""
-    script = textwrap.dedent(
-        """
-        import sys
-        from stream.kafka.broker import resolve_bootstrap
-        address, broker = resolve_bootstrap("embedded")
-        print(address, broker is not None, flush=True)
-        sys.stdin.read()
-        if broker is not None:
-            broker.stop()
-        """
-    )
-    children = [
-        subprocess.Popen(
-            [sys.executable, "-c", script],
-            cwd=REPO,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
+    children = [_resolve_in_child() for _ in range(2)]
     try:
         lines = sorted(child.stdout.readline().split() for child in children)  # type: ignore[union-attr]
         assert lines == [[EMBEDDED_ADDRESS, "False"], [EMBEDDED_ADDRESS, "True"]]
     finally:
         for child in children:
             child.communicate(timeout=15)
+    assert _port_free(EMBEDDED_PORT)
+
+
+@pytest.mark.skipif(not _port_free(EMBEDDED_PORT), reason=f"{EMBEDDED_ADDRESS} is in use here")
+def test_resolve_bootstrap_waits_for_a_broker_another_process_is_starting() -> None:
+    """However long another process takes to start the embedded broker, one resolving
+    'embedded' meanwhile waits for that broker and uses it: it never starts a second one."""
+    broker = EmbeddedBroker(EMBEDDED_PORT)
+    with _starting_lock(EMBEDDED_PORT):  # what a process starting the broker holds
+        child = _resolve_in_child()
+        assert child.stdout is not None
+        try:
+            waiting, _, _ = select.select([child.stdout], [], [], 3.0)
+            assert not waiting, (
+                f"resolved while another start was under way: {child.stdout.readline()}"
+            )
+            broker.start()
+        except BaseException:
+            child.kill()
+            broker.stop()
+            raise
+    try:
+        assert child.stdout.readline().split() == [EMBEDDED_ADDRESS, "False"]
+    finally:
+        child.communicate(timeout=15)
+        broker.stop()
     assert _port_free(EMBEDDED_PORT)
 
 

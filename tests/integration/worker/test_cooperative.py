@@ -46,11 +46,20 @@ def _held(port: int) -> int:
     return int(found.group(1)) if status == 200 and found else 0
 
 
+def _spread(counts: list[int]) -> bool:
+    """Whether together the workers hold every partition, evenly (the sticky assignor's goal)."""
+    return sum(counts) == _PARTITIONS and max(counts) - min(counts) <= 1
+
+
 def _wait_spread(ports: list[int], timeout: float) -> list[int]:
-    """Wait until every worker holds partitions and together they hold all; the counts."""
+    """Wait until the workers hold every partition evenly; the counts.
+
+    A cooperative rebalance can take more than two rounds: between them a worker may still
+    hold a partition the next round moves, so "all held" alone is not the end of it.
+    """
     deadline = time.monotonic() + timeout
     counts = [_held(port) for port in ports]
-    while not (all(counts) and sum(counts) == _PARTITIONS) and time.monotonic() < deadline:
+    while not _spread(counts) and time.monotonic() < deadline:
         time.sleep(0.2)
         counts = [_held(port) for port in ports]
     return counts
@@ -83,7 +92,7 @@ def test_a_third_worker_joins_without_the_others_losing_what_they_keep(
     first = fleet.start(config, ready=False, env={"HEADRACE_METRICS__PORT": str(ports[0])})
     second = fleet.start(config, ready=False, env={"HEADRACE_METRICS__PORT": str(ports[1])})
     counts = _wait_spread(ports[:2], _GROUP_DEADLINE_S)
-    assert all(counts), f"the first two do not share the partitions: {counts}"
+    assert _spread(counts), f"the first two do not share the partitions: {counts}"
     outputs = fleet.outputs(topics)
     stream = fleet.requests(topics).stream(_requests(2400), per_second=200)
     outputs.wait_for(results=300, timeout=30)
@@ -94,10 +103,10 @@ def test_a_third_worker_joins_without_the_others_losing_what_they_keep(
     sent = stream.finish(timeout=60)
     missing = outputs.wait_answered(sent, timeout=60)
     outputs.settle()
-    counts = [_held(port) for port in ports]
+    counts = _wait_spread(ports, _GROUP_DEADLINE_S)
 
     assert not missing, f"{len(missing)} requests lost"
-    assert all(counts) and sum(counts) == _PARTITIONS, f"partitions per worker: {counts}"
+    assert _spread(counts), f"partitions per worker: {counts}"
     moved: set[int] = set()
     for worker, mark in zip((first, second), marks, strict=True):
         held, revoked = _replay(worker, since=mark)
