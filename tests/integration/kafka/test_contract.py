@@ -440,7 +440,8 @@ def test_a_resumed_partition_delivers_again_at_once(backend: Backend) -> None:
         resumed = time.monotonic()
         assert [record.value for record in _consume(consumer, seen, 1)] == [expected]
         waits.append(time.monotonic() - resumed)
-    assert max(waits) < 0.25, f"seconds from resume to the next record: {waits}"
+    # ~0.01 s each with the fix, ~0.9 s without; the median rides out one stall on a busy machine
+    assert sorted(waits)[1] < 0.5, f"seconds from resume to the next record: {waits}"
 
 
 def test_lag_counts_the_records_behind_the_end_of_a_consumed_partition(backend: Backend) -> None:
