@@ -219,8 +219,9 @@ def _our_seconds() -> float:
 
 def _short(found: Latency) -> str:
     return (
-        f"broker one-way p99 {found.broker[1]:.1f} ms; client.infer p99 one at a time "
-        f"{found.alone[1]:.1f} ms, at 1,000/s {found.paced[1]:.1f} ms"
+        f"broker one-way p99 {found.broker[1]:.1f} ms (at 1,000/s {found.broker_paced[1]:.1f}); "
+        f"client.infer p99 one at a time {found.alone[1]:.1f} ms, at 1,000/s "
+        f"{found.paced[1]:.1f} ms"
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,7 @@ __all__ = [
     "THREADS",
     "Latencies",
     "broker_one_way",
+    "broker_one_way_paced",
     "find_connect",
     "measure_client",
 ]
@@ -127,6 +129,78 @@ def broker_one_way(bootstrap: str, topic: str, count: int) -> list[float]:
         producer.flush(5)
         delete_topics(bootstrap, [topic])
     return found
+
+
+def broker_one_way_paced(
+    bootstrap: str, topic: str, *, rate: float, seconds: float, partitions: int
+) -> list[float]:
+    """Milliseconds from ``produce`` to ``consume`` of small records produced ``rate`` times a
+    second for ``seconds`` to a fresh topic of ``partitions`` partitions, with the settings of
+    :func:`broker_one_way`: the broker's own latency under the load of the paced client run,
+    its topic growing as the client's do (the embedded broker slows down as they grow)."""
+    create_topics(bootstrap, [topic], partitions)
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "linger.ms": 0, "acks": "all", "log_level": 2}
+    )
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"{topic}-reader",
+            "fetch.wait.max.ms": PEER_CONSUMER["fetch.wait.max.ms"],
+            "enable.auto.commit": False,
+            "log_level": 2,
+        }
+    )
+    consumer.assign([TopicPartition(topic, index, OFFSET_BEGINNING) for index in range(partitions)])
+    found: list[float] = []
+    received = 0
+    stop = threading.Event()
+
+    def read() -> None:  # stamps each record as it arrives, on a thread of its own
+        nonlocal received
+        while not stop.is_set():
+            message = consumer.poll(0.05)
+            if message is None or message.error() is not None:
+                continue
+            received += 1
+            sent_ns = int(message.value() or b"0")
+            if sent_ns > 0:  # warm-up records carry 0
+                found.append((time.perf_counter_ns() - sent_ns) / 1e6)
+
+    reader = threading.Thread(target=read, name="one-way-reader", daemon=True)
+    reader.start()
+    try:
+        for _ in range(20):  # the first fetches wait for the offset lookup
+            producer.produce(topic, b"0")
+        producer.flush(10)
+        if not _waited(lambda: received >= 20, 10.0):
+            raise RuntimeError(f"records produced to '{topic}' were not consumed in 10 s")
+        start = time.perf_counter()
+        count = int(rate * seconds)
+        for index in range(count):
+            delay = start + index / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            producer.produce(topic, str(time.perf_counter_ns()).encode())
+            producer.poll(0)
+        producer.flush(10)
+        if not _waited(lambda: len(found) >= count, 10.0):
+            raise RuntimeError(f"{count - len(found)} records of '{topic}' not consumed in 10 s")
+    finally:
+        stop.set()
+        reader.join()
+        consumer.close()
+        delete_topics(bootstrap, [topic])
+    return found
+
+
+def _waited(done: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def _received(consumer: Consumer, timeout: float) -> bool:

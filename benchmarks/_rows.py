@@ -15,6 +15,7 @@ from benchmarks._latency import (
     BROKER_SETTINGS,
     THREADS,
     broker_one_way,
+    broker_one_way_paced,
     find_connect,
     measure_client,
 )
@@ -25,9 +26,11 @@ __all__ = ["Latency", "Sigkill", "latency", "sigkill"]
 
 @dataclass(frozen=True, slots=True)
 class Latency:
-    """p50 / p99 in milliseconds: the broker's one-way, ``client.infer`` alone and paced."""
+    """p50 / p99 in milliseconds: the broker's one-way (one at a time, and paced as the client
+    is), ``client.infer`` alone and paced."""
 
     broker: tuple[float, float]
+    broker_paced: tuple[float, float]
     alone: tuple[float, float]
     paced: tuple[float, float]
     how: str
@@ -59,8 +62,15 @@ def latency(bench: Bench, config: Path, repetition: int) -> Latency | str:
     if connect is None:
         return "skipped: the client (stream.connect) is not available"
     broker = broker_one_way(bench.bootstrap, f"bench-r{repetition}-one-way", bench.size(300, 1000))
-    topics = bench.topics(f"r{repetition}-client")
     alone, seconds = bench.size(150, 500), bench.size(3, 10)
+    broker_paced = broker_one_way_paced(
+        bench.bootstrap,
+        f"bench-r{repetition}-one-way-paced",
+        rate=1000,
+        seconds=seconds,
+        partitions=PARTITIONS,
+    )
+    topics = bench.topics(f"r{repetition}-client")
     row = {"tensor": sample_table().column("tensor")[0].as_py()}
     environment = {"HEADRACE_KAFKA__BOOTSTRAP_SERVERS": bench.bootstrap, **topics.environment}
     worker = _worker(bench, config, f"r{repetition}-client", topics.environment)
@@ -77,12 +87,14 @@ def latency(bench: Bench, config: Path, repetition: int) -> Latency | str:
         return f"failed: all {measured.errors} paced calls failed"
     how = (
         f"broker one-way: {len(broker):,} records produced and consumed one at a time "
-        f"({BROKER_SETTINGS}); client.infer: {alone:,} calls one at a time, then "
+        f"({BROKER_SETTINGS}), then {len(broker_paced):,} produced at 1,000/s for {seconds} s "
+        f"to a fresh {PARTITIONS}-partition topic; client.infer: {alone:,} calls one at a time, "
+        "then "
         f"{len(measured.scheduled):,} calls scheduled at 1,000/s for {seconds} s from {THREADS} "
         f"threads sharing one client ({measured.achieved:,.0f} calls/s done, "
         f"{measured.errors} errors), each timed from its scheduled start to its return"
     )
-    return Latency(_p(broker), _p(measured.alone), _p(measured.scheduled), how)
+    return Latency(_p(broker), _p(broker_paced), _p(measured.alone), _p(measured.scheduled), how)
 
 
 def _p(values: list[float]) -> tuple[float, float]:
