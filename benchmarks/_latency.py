@@ -97,10 +97,10 @@ def measure_client(
     return measured
 
 
-def broker_one_way(bootstrap: str, topic: str, count: int) -> list[float]:
-    """Milliseconds from ``produce`` to ``consume`` of one small record, one at a time,
-    ``count`` times (after 20 to warm up), on a fresh one-partition topic."""
-    create_topics(bootstrap, [topic], 1)
+def _one_way_clients(bootstrap: str, topic: str, partitions: int) -> tuple[Producer, Consumer]:
+    """A fresh topic, a producer sending each record at once (``linger.ms`` 0, acks=all) and a
+    consumer assigned to all of it that polls as the worker's does (BROKER_SETTINGS)."""
+    create_topics(bootstrap, [topic], partitions)
     producer = Producer(
         {"bootstrap.servers": bootstrap, "linger.ms": 0, "acks": "all", "log_level": 2}
     )
@@ -113,7 +113,14 @@ def broker_one_way(bootstrap: str, topic: str, count: int) -> list[float]:
             "log_level": 2,
         }
     )
-    consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+    consumer.assign([TopicPartition(topic, index, OFFSET_BEGINNING) for index in range(partitions)])
+    return producer, consumer
+
+
+def broker_one_way(bootstrap: str, topic: str, count: int) -> list[float]:
+    """Milliseconds from ``produce`` to ``consume`` of one small record, one at a time,
+    ``count`` times (after 20 to warm up), on a fresh one-partition topic."""
+    producer, consumer = _one_way_clients(bootstrap, topic, 1)
     found: list[float] = []
     try:
         for index in range(count + 20):
@@ -138,20 +145,7 @@ def broker_one_way_paced(
     second for ``seconds`` to a fresh topic of ``partitions`` partitions, with the settings of
     :func:`broker_one_way`: the broker's own latency under the load of the paced client run,
     its topic growing as the client's do (the embedded broker slows down as they grow)."""
-    create_topics(bootstrap, [topic], partitions)
-    producer = Producer(
-        {"bootstrap.servers": bootstrap, "linger.ms": 0, "acks": "all", "log_level": 2}
-    )
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"{topic}-reader",
-            "fetch.wait.max.ms": PEER_CONSUMER["fetch.wait.max.ms"],
-            "enable.auto.commit": False,
-            "log_level": 2,
-        }
-    )
-    consumer.assign([TopicPartition(topic, index, OFFSET_BEGINNING) for index in range(partitions)])
+    producer, consumer = _one_way_clients(bootstrap, topic, partitions)
     found: list[float] = []
     received = 0
     stop = threading.Event()
