@@ -20,6 +20,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
+from benchmarks._harness import wait_until
 from benchmarks._kafka import PEER_CONSUMER, create_topics, delete_topics
 
 __all__ = [
@@ -167,18 +168,14 @@ def broker_one_way_paced(
         for _ in range(20):  # the first fetches wait for the offset lookup
             producer.produce(topic, b"0")
         producer.flush(10)
-        if not _waited(lambda: received >= 20, 10.0):
+        if not wait_until(lambda: received >= 20, 10.0, every=0.01):
             raise RuntimeError(f"records produced to '{topic}' were not consumed in 10 s")
-        start = time.perf_counter()
         count = int(rate * seconds)
-        for index in range(count):
-            delay = start + index / rate - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
+        for _ in _schedule(rate, count):
             producer.produce(topic, str(time.perf_counter_ns()).encode())
             producer.poll(0)
         producer.flush(10)
-        if not _waited(lambda: len(found) >= count, 10.0):
+        if not wait_until(lambda: len(found) >= count, 10.0, every=0.01):
             raise RuntimeError(f"{count - len(found)} records of '{topic}' not consumed in 10 s")
     finally:
         stop.set()
@@ -186,15 +183,6 @@ def broker_one_way_paced(
         consumer.close()
         delete_topics(bootstrap, [topic])
     return found
-
-
-def _waited(done: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not done():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def _received(consumer: Consumer, timeout: float) -> bool:
@@ -221,14 +209,21 @@ def _paced(call: Callable[[], object], rate: float, seconds: float, into: Latenc
         into.scheduled.append((ended - due) * 1000)
         into.service.append((ended - began) * 1000)
 
-    start = time.perf_counter()
     with ThreadPoolExecutor(THREADS) as pool:
-        for index in range(int(rate * seconds)):
-            due = start + index / rate
-            delay = due - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
+        for due in _schedule(rate, int(rate * seconds)):
             pool.submit(timed, due)
+
+
+def _schedule(rate: float, count: int) -> Iterator[float]:
+    """``count`` moments ``1 / rate`` apart from now, each yielded once it has come (open loop:
+    a late consumer of one moment does not push the next ones back)."""
+    start = time.perf_counter()
+    for index in range(count):
+        due = start + index / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        yield due
 
 
 @contextmanager
