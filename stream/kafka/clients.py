@@ -52,6 +52,16 @@ from stream.types import Envelope, Headers, Partition
 __all__ = ["BrokerProbe", "KafkaConsumer", "KafkaProducer", "envelope_of", "reason_of"]
 
 _CLOSE_TIMEOUT_S = 10.0
+_POSITION_TIMEOUT_S = 5.0  # asking the group's committed offsets at an assignment
+# auto.offset.reset values (librdkafka's names and aliases) as the logical offset they start at
+_RESET_TO = {
+    "earliest": confluent_kafka.OFFSET_BEGINNING,
+    "smallest": confluent_kafka.OFFSET_BEGINNING,
+    "beginning": confluent_kafka.OFFSET_BEGINNING,
+    "latest": confluent_kafka.OFFSET_END,
+    "largest": confluent_kafka.OFFSET_END,
+    "end": confluent_kafka.OFFSET_END,
+}
 
 
 def _never() -> bool:
@@ -74,6 +84,7 @@ class KafkaConsumer:
 
     def __init__(self, config: Mapping[str, Any], *, on_error: ErrorCallback | None = None) -> None:
         self.rebalance_protocol: RebalanceProtocol = rebalance_protocol(config)
+        self._reset_to = _start_without_commit(config)
         config = with_commit_callback(_with_errors(config, on_error), self._commit_done)
         self._consumer = confluent_kafka.Consumer(config)
         self._report = on_error or _ignore_error
@@ -224,10 +235,39 @@ class KafkaConsumer:
         try:
             self._on_assign([Partition(tp.topic, tp.partition) for tp in partitions])
         finally:  # librdkafka waits for this, whatever the callback did
+            partitions = self._start_positions(partitions)
             if self.rebalance_protocol == "COOPERATIVE":
                 self._consumer.incremental_assign(partitions)
             else:
                 self._consumer.assign(partitions)
+
+    def _start_positions(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        """Where each assigned partition starts: the group's committed offset, or, where it
+        committed none, the logical offset ``auto.offset.reset`` names.
+
+        librdkafka looks both up by itself after the assignment, but resolves a partition
+        without a committed offset only after a fixed 100 ms wait (its offset reset backs off
+        whenever the lookup found no offset): each first start of a group, and each partition
+        it never committed, began 100 ms late. Asking for the committed offsets here takes the
+        one round trip librdkafka's own lookup would. Should that fail, or under
+        ``read_committed`` (whose lookup waits for pending transactional commits), the
+        partitions are assigned as they came and librdkafka looks them up as before.
+        """
+        if self._reset_to is None or not partitions:
+            return partitions
+        try:
+            found = self._consumer.committed(partitions, timeout=_POSITION_TIMEOUT_S)
+        except KafkaException:
+            return partitions
+        positioned = []
+        for asked, position in zip(partitions, found, strict=True):
+            if position.error is not None:
+                positioned.append(asked)
+            elif position.offset >= 0:
+                positioned.append(position)
+            else:
+                positioned.append(TopicPartition(asked.topic, asked.partition, self._reset_to))
+        return positioned
 
     def _revoked(self, consumer: object, partitions: list[TopicPartition]) -> None:
         """confluent-kafka's ``on_revoke`` and ``on_lost``: ``partitions`` are the whole
@@ -480,6 +520,14 @@ def reason_of(exc: KafkaException) -> str:
     """The librdkafka reason inside ``exc``."""
     error = exc.args[0] if exc.args else exc
     return error.str() if isinstance(error, KafkaError) else str(error)
+
+
+def _start_without_commit(config: Mapping[str, Any]) -> int | None:
+    """The logical offset a partition with no committed offset starts at; None where that is
+    left to librdkafka (``auto.offset.reset: error``, or ``read_committed``)."""
+    if str(config.get("isolation.level", "")).strip().lower() == "read_committed":
+        return None
+    return _RESET_TO.get(str(config.get("auto.offset.reset", "latest")).strip().lower())
 
 
 def _ignore(partitions: list[Partition]) -> None:

@@ -10,7 +10,14 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    OFFSET_INVALID,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 
 from pipelines import Pipeline
 from pipelines.config import ProcessingSettings
@@ -79,10 +86,22 @@ class _Consumer:
         self.leave = threading.Event()  # close() returns once set
         self.callbacks: dict[str, Callable[[object, list[TopicPartition]], None]] = {}
         self.changes: list[tuple[str, list[int]]] = []  # assignment calls, by name
+        self.starts: list[list[int]] = []  # the offsets each assignment call gave
+        self.commits: dict[int, int] | None = {}  # the group's, by partition; None: unreachable
         _Consumer.made.append(self)
 
     def assign(self, partitions: list[TopicPartition]) -> None:
         self.changes.append(("assign", [tp.partition for tp in partitions]))
+        self.starts.append([tp.offset for tp in partitions])
+
+    def committed(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        del timeout
+        if self.commits is None:
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
+        return [
+            TopicPartition(tp.topic, tp.partition, self.commits.get(tp.partition, OFFSET_INVALID))
+            for tp in partitions
+        ]
 
     def unassign(self) -> None:
         self.changes.append(("unassign", []))
@@ -181,6 +200,36 @@ def test_rebalance_callbacks_change_the_assignment_as_the_protocol_requires(
         stand_in.callbacks["on_revoke"](None, [TopicPartition("in", 1)])
     assert heard == ["assign [0, 1]", "revoke [1]"]
     assert stand_in.changes == [added, taken]
+
+
+@pytest.mark.parametrize(
+    ("config", "commits", "starts"),
+    [
+        # committed partitions resume where the group left off; the others start where
+        # auto.offset.reset says, without librdkafka's 100 ms wait
+        ({}, {0: 7}, [7, OFFSET_BEGINNING]),
+        ({"auto.offset.reset": "latest"}, {1: 3}, [OFFSET_END, 3]),
+        ({"auto.offset.reset": "smallest"}, {}, [OFFSET_BEGINNING, OFFSET_BEGINNING]),
+        # left to librdkafka: a lookup that failed, auto.offset.reset=error, read_committed
+        ({}, None, [OFFSET_INVALID, OFFSET_INVALID]),
+        ({"auto.offset.reset": "error"}, {}, [OFFSET_INVALID, OFFSET_INVALID]),
+        ({"isolation.level": "read_committed"}, {}, [OFFSET_INVALID, OFFSET_INVALID]),
+    ],
+)
+def test_an_assignment_starts_each_partition_where_the_group_left_off(
+    monkeypatch: pytest.MonkeyPatch,
+    config: dict[str, str],
+    commits: dict[int, int] | None,
+    starts: list[int],
+) -> None:
+    """The adapter asks for the group's committed offsets as partitions are assigned."""
+    monkeypatch.setattr(clients.confluent_kafka, "Consumer", _Consumer)
+    adapter = KafkaConsumer({"group.id": "g", "auto.offset.reset": "earliest", **config})
+    stand_in = _Consumer.made[-1]
+    stand_in.commits = commits
+    adapter.subscribe(["in"], on_assign=lambda p: None, on_revoke=lambda p: None)
+    stand_in.callbacks["on_assign"](None, [TopicPartition("in", 0), TopicPartition("in", 1)])
+    assert stand_in.starts == [starts]
 
 
 def test_a_header_name_that_is_not_utf8_makes_the_request_a_decode_error(
