@@ -294,10 +294,14 @@ def _notes(results: Results, others: str, elapsed: float) -> str:
         "on it every tool gets its own pre-filled 4-partition input topic and consumer group, "
         "one tool at a time, in an order rotated per repetition. A run is timed from its "
         "consumer group becoming Stable (partitions assigned) to its last result's CreateTime "
-        "(the first fetch included: about 0.1-0.2 s for every tool, see below); Quix Streams "
+        "(the first fetch included, see the drain in two parts: 0.1-0.2 s for the tools that "
+        "leave the start position to librdkafka, which waits 100 ms before it resolves "
+        "auto.offset.reset for a group with no committed offsets; headrace looks the committed "
+        "offsets up itself at the assignment); Quix Streams "
         "stamps a result with its request's timestamp, so its app records when it ran the "
         "model for the first and the last request instead. Medians of the repetitions, "
-        "min-max in brackets; ratios are of the medians, per-repetition ratios in brackets.",
+        "min-max in brackets; ratios are of the medians, per-repetition ratios in brackets; "
+        "'after the first result' ratios are of the rates from the first result to the last.",
         "headrace: one `headrace run` worker process with configs/ccfraud.yaml or heavy.yaml, "
         "model step only (no `fraud` check), `processing.dataset: [out]`. Quix Streams: "
         "benchmarks/quix_app.py, `app.dataframe(topic).apply(infer).to_topic(out)`, "

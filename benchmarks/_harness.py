@@ -130,6 +130,7 @@ class Run:
     cpu_ms: float | None = None  # the tool's CPU per 1,000 rows, assignment -> finished
     broker_cpu_ms: float | None = None  # the broker's meanwhile, per 1,000 rows
     first_s: float | None = None  # assignment -> first result
+    steady: float | None = None  # the rate from the first result to the last (start-up left out)
 
 
 class Running(Protocol):
@@ -230,6 +231,7 @@ class Bench:
             return Run(tool, workload.label, repetition, None, 0.0, tuple(problems))
         first, last = times
         rows = workload.requests * workload.rows_per_request
+        after_first = rows - workload.rows_per_request
         return Run(
             tool,
             workload.label,
@@ -240,6 +242,7 @@ class Bench:
             _per_1000(cpu[0], cpu[2], rows),
             _per_1000(cpu[1], cpu[3], rows),
             first - started_at,
+            after_first / (last - first) if last > first else None,
         )
 
 
