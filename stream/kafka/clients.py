@@ -5,7 +5,7 @@ errors become :mod:`stream.errors` here: a refused commit :class:`~stream.errors
 a transaction that must be aborted :class:`~stream.errors.TransactionAborted` (once aborted),
 any other failed call :class:`~stream.errors.KafkaClientError`.
 
-Three things the adapters guarantee that librdkafka alone does not:
+What the adapters guarantee that librdkafka alone does not:
 
 - :meth:`KafkaConsumer.consume` never returns a message of a partition revoked while it ran
   (its new owner reads it again from the committed offset);
@@ -16,6 +16,8 @@ Three things the adapters guarantee that librdkafka alone does not:
 - a message whose header names are not UTF-8, which confluent-kafka cannot read, still becomes
   an :class:`Envelope`: one carrying :data:`stream.headers.UNREADABLE_HEADERS`, naming the
   header, which the decoder refuses, so that it is dead-lettered (:func:`envelope_of`);
+- a partition the group never committed starts at once where ``auto.offset.reset`` says,
+  not 100 ms after its assignment (:meth:`KafkaConsumer._start_positions`);
 - nothing blocks without bound: :meth:`KafkaProducer.produce` gives up on a full queue once
   the worker is stopping, and :meth:`KafkaConsumer.close` waits at most a few seconds for a
   broker that does not answer.
@@ -249,7 +251,8 @@ class KafkaConsumer:
         without a committed offset only after a fixed 100 ms wait (its offset reset backs off
         whenever the lookup found no offset): each first start of a group, and each partition
         it never committed, began 100 ms late. Asking for the committed offsets here takes the
-        one round trip librdkafka's own lookup would. Should that fail, or under
+        one round trip librdkafka's own lookup would (inside the callback, so the partitions
+        kept through a cooperative rebalance wait for it too). Should it fail, or under
         ``read_committed`` (whose lookup waits for pending transactional commits), the
         partitions are assigned as they came and librdkafka looks them up as before.
         """
@@ -259,9 +262,11 @@ class KafkaConsumer:
             found = self._consumer.committed(partitions, timeout=_POSITION_TIMEOUT_S)
         except KafkaException:
             return partitions
+        committed = {(tp.topic, tp.partition): tp for tp in found}
         positioned = []
-        for asked, position in zip(partitions, found, strict=True):
-            if position.error is not None:
+        for asked in partitions:
+            position = committed.get((asked.topic, asked.partition))
+            if position is None or position.error is not None:
                 positioned.append(asked)
             elif position.offset >= 0:
                 positioned.append(position)
