@@ -87,12 +87,11 @@ def _cpu(results: Results, tools: Sequence[str]) -> str:
     (less sensitive than the rates to what else runs on a shared machine)."""
 
     def cell(runs: list[Run]) -> str:
-        mine = [r.cpu_ms for r in runs if r.cpu_ms is not None]
-        broker = [r.broker_cpu_ms for r in runs if r.broker_cpu_ms is not None]
-        if not mine:
+        mine = _median(runs, lambda r: r.cpu_ms)
+        broker = _median(runs, lambda r: r.broker_cpu_ms)
+        if mine is None:
             return "-"
-        text = f"{statistics.median(mine):.1f}"
-        return text + (f" + {statistics.median(broker):.1f}" if broker else "")
+        return f"{mine:.1f}" + ("" if broker is None else f" + {broker:.1f}")
 
     title = (
         "CPU milliseconds per 1,000 rows (J: 1,000 requests; A: one request) from the "
@@ -105,12 +104,11 @@ def _first(results: Results, tools: Sequence[str]) -> str:
     """Start-up apart from the rest: a short drain (A is 0.3 s) is a third start-up."""
 
     def cell(runs: list[Run]) -> str:
-        found = [r.first_s for r in runs if r.first_s is not None]
-        steady = [r.steady for r in runs if r.steady is not None]
-        if not found:
+        first = _median(runs, lambda r: r.first_s)
+        steady = _median(runs, lambda r: r.steady)
+        if first is None:
             return "-"
-        text = f"{statistics.median(found) * 1000:,.0f} ms"
-        return text + (f", then {_number(statistics.median(steady))}/s" if steady else "")
+        return f"{first * 1000:,.0f} ms" + ("" if steady is None else f", then {_number(steady)}/s")
 
     title = (
         "The drain in two parts, medians: milliseconds from the assignment to the first result, "
@@ -118,6 +116,12 @@ def _first(results: Results, tools: Sequence[str]) -> str:
         "consumed batch at its end, so much of its drain counts as start-up here)"
     )
     return _per_tool(results, tools, title, cell)
+
+
+def _median(runs: list[Run], pick: Callable[[Run], float | None]) -> float | None:
+    """The median of what ``pick`` finds in the runs that have it; None if none has."""
+    found = [value for value in map(pick, runs) if value is not None]
+    return statistics.median(found) if found else None
 
 
 def _per_tool(
