@@ -229,6 +229,7 @@ def test_a_record_keeps_its_value_key_headers_and_produce_time(backend: Backend)
         (b"first", b"k", (("x-a", b"1"), ("x-b", every_byte), ("x-a", b"2"))),
         (b"", None, ()),
         (every_byte, b"", (("x-empty", b""),)),
+        (b"last", b"k", (("x-z", b"1"), ("content-type", b"2"), ("x-a", b""))),  # no name twice
     ]
     producer, reports = backend.producer(), _Reports()
     before_ms = time.time_ns() // 1_000_000
