@@ -260,7 +260,7 @@ class KafkaConsumer:
             return partitions
         try:
             found = self._consumer.committed(partitions, timeout=_POSITION_TIMEOUT_S)
-        except KafkaException:
+        except Exception:  # whatever failed, the partitions must still be assigned
             return partitions
         committed = {(tp.topic, tp.partition): tp for tp in found}
         positioned = []

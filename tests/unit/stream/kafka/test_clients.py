@@ -87,7 +87,7 @@ class _Consumer:
         self.callbacks: dict[str, Callable[[object, list[TopicPartition]], None]] = {}
         self.changes: list[tuple[str, list[int]]] = []  # assignment calls, by name
         self.starts: list[list[int]] = []  # the offsets each assignment call gave
-        self.commits: dict[int, int] | None = {}  # the group's, by partition; None: unreachable
+        self.commits: dict[int, int] | Exception = {}  # the group's, by partition, or the failure
         _Consumer.made.append(self)
 
     def assign(self, partitions: list[TopicPartition]) -> None:
@@ -96,8 +96,8 @@ class _Consumer:
 
     def committed(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
         del timeout
-        if self.commits is None:
-            raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
+        if isinstance(self.commits, Exception):
+            raise self.commits
         return [
             TopicPartition(tp.topic, tp.partition, self.commits.get(tp.partition, OFFSET_INVALID))
             for tp in partitions
@@ -211,7 +211,8 @@ def test_rebalance_callbacks_change_the_assignment_as_the_protocol_requires(
         ({"auto.offset.reset": "latest"}, {1: 3}, [OFFSET_END, 3]),
         ({"auto.offset.reset": "smallest"}, {}, [OFFSET_BEGINNING, OFFSET_BEGINNING]),
         # left to librdkafka: a lookup that failed, auto.offset.reset=error, read_committed
-        ({}, None, [OFFSET_INVALID, OFFSET_INVALID]),
+        ({}, KafkaException(KafkaError(KafkaError._TIMED_OUT)), [OFFSET_INVALID, OFFSET_INVALID]),
+        ({}, RuntimeError("Consumer closed"), [OFFSET_INVALID, OFFSET_INVALID]),
         ({"auto.offset.reset": "error"}, {}, [OFFSET_INVALID, OFFSET_INVALID]),
         ({"isolation.level": "read_committed"}, {}, [OFFSET_INVALID, OFFSET_INVALID]),
     ],
@@ -219,10 +220,11 @@ def test_rebalance_callbacks_change_the_assignment_as_the_protocol_requires(
 def test_an_assignment_starts_each_partition_where_the_group_left_off(
     monkeypatch: pytest.MonkeyPatch,
     config: dict[str, str],
-    commits: dict[int, int] | None,
+    commits: dict[int, int] | Exception,
     starts: list[int],
 ) -> None:
-    """The adapter asks for the group's committed offsets as partitions are assigned."""
+    """The adapter asks for the group's committed offsets as partitions are assigned; the
+    partitions are assigned whatever the lookup did."""
     monkeypatch.setattr(clients.confluent_kafka, "Consumer", _Consumer)
     adapter = KafkaConsumer({"group.id": "g", "auto.offset.reset": "earliest", **config})
     stand_in = _Consumer.made[-1]
