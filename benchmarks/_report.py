@@ -87,11 +87,8 @@ def _cpu(results: Results, tools: Sequence[str]) -> str:
     (less sensitive than the rates to what else runs on a shared machine)."""
 
     def cell(runs: list[Run]) -> str:
-        mine = _median(runs, lambda r: r.cpu_ms)
-        broker = _median(runs, lambda r: r.broker_cpu_ms)
-        if mine is None:
-            return "-"
-        return f"{mine:.1f}" + ("" if broker is None else f" + {broker:.1f}")
+        mine, broker = _median(runs, lambda r: r.cpu_ms), _median(runs, lambda r: r.broker_cpu_ms)
+        return _two(mine, "{:.1f}".format, broker, " + {:.1f}".format)
 
     title = (
         "CPU milliseconds per 1,000 rows (J: 1,000 requests; A: one request) from the "
@@ -104,11 +101,10 @@ def _first(results: Results, tools: Sequence[str]) -> str:
     """Start-up apart from the rest: a short drain (A is 0.3 s) is a third start-up."""
 
     def cell(runs: list[Run]) -> str:
-        first = _median(runs, lambda r: r.first_s)
-        steady = _median(runs, lambda r: r.steady)
-        if first is None:
-            return "-"
-        return f"{first * 1000:,.0f} ms" + ("" if steady is None else f", then {_number(steady)}/s")
+        first, steady = _median(runs, lambda r: r.first_s), _median(runs, lambda r: r.steady)
+        return _two(
+            first, lambda s: f"{s * 1000:,.0f} ms", steady, lambda r: f", then {_number(r)}/s"
+        )
 
     title = (
         "The drain in two parts, medians: milliseconds from the assignment to the first result, "
@@ -122,6 +118,19 @@ def _median(runs: list[Run], pick: Callable[[Run], float | None]) -> float | Non
     """The median of what ``pick`` finds in the runs that have it; None if none has."""
     found = [value for value in map(pick, runs) if value is not None]
     return statistics.median(found) if found else None
+
+
+def _two(
+    main: float | None,
+    shown: Callable[[float], str],
+    extra: float | None,
+    added: Callable[[float], str],
+) -> str:
+    """A table cell: ``main`` as ``shown``, then ``extra`` as ``added`` where there is one;
+    "-" without ``main``."""
+    if main is None:
+        return "-"
+    return shown(main) + ("" if extra is None else added(extra))
 
 
 def _per_tool(
