@@ -24,7 +24,6 @@ __all__ = [
     "TRACESTATE",
     "UNREADABLE_HEADERS",
     "dead_letter_headers",
-    "passthrough",
     "result_headers",
 ]
 
@@ -88,21 +87,6 @@ def _name(key: str) -> str:
     return key if key.isascii() else _utf8(key).decode("utf-8")
 
 
-def passthrough(envelope: Envelope, traceparent: bytes | None = None) -> Headers:
-    """The request's headers that a result carries on unchanged; with ``traceparent``, the
-    request's own ``traceparent`` is replaced by it (the worker's, W3C Trace Context)."""
-    if not envelope.headers:
-        return ()
-    kept = tuple(
-        (_name(key), value)
-        for key, value in envelope.headers
-        if key.lower() not in _REPLACED_ON_RESULT and not key.lower().startswith(PARAM_PREFIX)
-    )
-    if traceparent is None:
-        return kept
-    return tuple((key, traceparent if key.lower() == TRACEPARENT else value) for key, value in kept)
-
-
 def result_headers(
     envelope: Envelope,
     *,
@@ -112,13 +96,35 @@ def result_headers(
     traceparent: bytes | None = None,
 ) -> Headers:
     """Headers of a result: identity, provenance, then the request's pass-through headers
-    (its ``traceparent`` replaced by ``traceparent``, the worker's, when given)."""
+    (its ``traceparent`` replaced by ``traceparent``, the worker's, when given).
+
+    One pass over the request's headers finds its ``x-request-id`` and what passes through:
+    this runs once per result.
+    """
+    given = None
+    kept: list[tuple[str, bytes]] = []
+    for key, value in envelope.headers:
+        lowered = key.lower()
+        if lowered == REQUEST_ID:
+            given = value  # the last one counts, as in Envelope.header
+        elif lowered not in _REPLACED_ON_RESULT and not lowered.startswith(PARAM_PREFIX):
+            ours = traceparent if lowered == TRACEPARENT and traceparent is not None else None
+            kept.append((_name(key), value if ours is None else ours))
     return (
-        (REQUEST_ID, _utf8(envelope.request_id)),
+        (REQUEST_ID, _request_id(envelope, given)),
         *_provenance(content_type, pipeline, version, envelope.partition),
         ("x-source-offset", b"%d" % envelope.offset),
-        *passthrough(envelope, traceparent),
+        *kept,
     )
+
+
+def _request_id(envelope: Envelope, given: bytes | None) -> bytes:
+    """``Envelope.request_id`` as UTF-8, from the ``x-request-id`` value found (if any)."""
+    if not given:
+        return _utf8(envelope.request_id)
+    if given.isascii():
+        return given
+    return _utf8(given.decode("utf-8", errors="replace"))
 
 
 @functools.lru_cache(maxsize=1024)

@@ -132,17 +132,30 @@ class _Request:
     started_ns: int
     trace: tuple[bytes, int] | None
 
-    def done(self, fmt: Format, rows: int, **parts: Any) -> Decoded:
-        """The decoded request, timed from ``started_ns``."""
-        parts.setdefault("parameters", self.parameters)
-        return Decoded(
+    def done(
+        self,
+        fmt: Format,
+        rows: int,
+        *,
+        table: pa.Table | None = None,
+        records: list[dict[str, JsonValue]] | None = None,
+        value: JsonValue = None,
+        oip_id: str | None = None,
+        parameters: Parameters | None = None,
+    ) -> Decoded:
+        """The decoded request, timed from ``started_ns``; its own parameters by default."""
+        return Decoded(  # positional: one is made per request
             self.envelope,
             fmt,
             rows,
             self.selection,
-            decode_ns=time.perf_counter_ns() - self.started_ns,
-            trace=self.trace,
-            **parts,
+            table,
+            records,
+            value,
+            oip_id,
+            self.parameters if parameters is None else parameters,
+            time.perf_counter_ns() - self.started_ns,
+            self.trace,
         )
 
 

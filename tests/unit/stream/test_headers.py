@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
+
 from pipelines.errors import SchemaError, StepError
 from stream.headers import MAX_MESSAGE_HEADER, dead_letter_headers, result_headers
 from stream.types import Headers
@@ -44,6 +46,33 @@ def test_a_request_id_sent_by_the_client_is_echoed() -> None:
     """``x-request-id`` comes back unchanged, once."""
     headers = _result_headers((("x-request-id", b"client-1"),))
     assert [value for key, value in headers if key == "x-request-id"] == [b"client-1"]
+
+
+@pytest.mark.parametrize(
+    ("sent", "echoed"),
+    [
+        ((("X-Request-ID", b"first"), ("x-request-id", b"last")), b"last"),
+        ((("x-request-id", b""),), b"requests:0:9"),
+        ((("x-request-id", b"caf\xc3\xa9"),), "café".encode()),
+        ((("x-request-id", b"bad-\xff"),), "bad-\ufffd".encode()),
+    ],
+    ids=["the last of several", "empty", "utf-8", "not utf-8"],
+)
+def test_the_result_echoes_the_request_id_as_utf_8(sent: Headers, echoed: bytes) -> None:
+    """The last ``x-request-id`` in any case; an empty one is replaced by the position; bytes
+    that are not UTF-8 come back with U+FFFD, as every header the worker writes."""
+    headers = _result_headers(sent, offset=9)
+    assert [value for key, value in headers if key.lower() == "x-request-id"] == [echoed]
+
+
+def test_the_worker_s_traceparent_replaces_the_request_s() -> None:
+    """With tracing on, the result carries the worker's ``traceparent`` where the request's
+    was, and the other pass-through headers unchanged."""
+    request = envelope(b"{}", _REQUEST_HEADERS)
+    headers = result_headers(
+        request, content_type="ct", pipeline="p", version="v", traceparent=b"00-worker-01"
+    )
+    assert headers[-2:] == (("traceparent", b"00-worker-01"), ("x-tenant", b"acme"))
 
 
 def test_result_headers_pass_through_only_what_the_worker_did_not_consume() -> None:
