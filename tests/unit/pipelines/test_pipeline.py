@@ -17,6 +17,7 @@ import pyarrow as pa
 import pytest
 from pyarrow import ipc
 
+import pipelines.steps.model as model_module
 from pipelines.errors import DecodeError, PipelineError, StepError, StepTimeout
 from pipelines.pipeline import BatchResult, Pipeline, Stopped
 from pipelines.runner import abandon_limit
@@ -566,7 +567,65 @@ def test_warm_up_runs_every_model_on_a_batch_shaped_from_its_inputs(
 
             monkeypatch.setattr(model, "_session", _Spied(model._session, spy))
     assert pipeline.warm_up() == [] and counts.warm_up(rows=3) == []
-    assert shapes == [("image", (1000, 8, 8), "float32"), ("ids", (3,), "int64")]
+    # a fast model is run a few more times, to time it (see the tests below): same batch
+    assert list(dict.fromkeys(shapes)) == [
+        ("image", (1000, 8, 8), "float32"),
+        ("ids", (3,), "int64"),
+    ]
+
+
+def _timed(
+    monkeypatch: pytest.MonkeyPatch, pool_s: float, alone_s: float, cores: int = 2
+) -> list[int]:
+    """Warm-up's timings of a run with onnxruntime's pool and on the calling thread alone,
+    stood in for (the real ones depend on the machine); the intra-op threads of each session
+    timed come back in the list."""
+    timed: list[int] = []
+
+    def best(session: Any, outputs: Any, feeds: Any, runs: int = 7) -> float:
+        threads = session.get_session_options().intra_op_num_threads
+        timed.append(threads)
+        return alone_s if threads == 1 else pool_s
+
+    monkeypatch.setattr(model_module, "_best_run_seconds", best)
+    monkeypatch.setattr(model_module.os, "cpu_count", lambda: cores)
+    return timed
+
+
+def test_a_fast_model_is_served_on_the_calling_thread_when_that_is_faster(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """onnxruntime's sleeping pool costs more than it saves on a batch this fast: warm-up
+    keeps the single-threaded session, and the model serves the same values with it."""
+    pipeline = Pipeline.from_config(CCFRAUD)
+    (model,) = pipeline._built.models.values()
+    rows = pa.table({"tensor": _tensors(5)})
+    before = pipeline.infer(rows).column("out.dense_1").to_pylist()
+    timed = _timed(monkeypatch, pool_s=0.000065, alone_s=0.000047)
+    assert pipeline.warm_up() == []
+    assert model.threads == 1 and timed == [0, 0, 1]
+    assert model._session.get_session_options().intra_op_num_threads == 1
+    assert pipeline.infer(rows).column("out.dense_1").to_pylist() == before
+
+
+@pytest.mark.parametrize(
+    ("pool_s", "alone_s", "cores", "timed"),
+    [
+        (0.000065, 0.000062, 2, [0, 0, 1]),  # alone, but not 10% faster
+        (0.023, 0.0001, 2, [0]),  # a slow batch: one timed run, never tried alone
+        (0.000065, 0.000047, 1, []),  # one core: nothing to choose
+    ],
+    ids=["not faster enough", "slow model", "one core"],
+)
+def test_the_pool_is_kept_unless_the_calling_thread_is_clearly_faster(
+    monkeypatch: pytest.MonkeyPatch, pool_s: float, alone_s: float, cores: int, timed: list[int]
+) -> None:
+    pipeline = Pipeline.from_config(CCFRAUD)
+    (model,) = pipeline._built.models.values()
+    seen = _timed(monkeypatch, pool_s, alone_s, cores)
+    assert pipeline.warm_up() == []
+    assert model.threads is None and seen == timed
+    assert model._session.get_session_options().intra_op_num_threads == 0
 
 
 def test_a_model_that_fails_its_warm_up_is_reported_not_raised(
