@@ -162,20 +162,41 @@ def _check_shape(array: pa.Array, spec: TensorSpec, column_name: str) -> None:
             raise SchemaError(
                 f"column '{column_name}': null values where {spec.describe()} needs numbers"
             )
-        if dim is not None and len(level):
-            lengths = _list_lengths(level)
-            if lengths.min() != dim or lengths.max() != dim:
-                bad = int(np.flatnonzero(lengths != dim)[0])
-                raise SchemaError(
-                    f"column '{column_name}': expected {spec.describe()}, but row "
-                    f"{_row_of(array, axis, bad)} has {lengths[bad]} values "
-                    f"at axis {axis + 1} instead of {dim}"
+        if isinstance(level, pa.FixedSizeListArray):
+            if dim is not None and len(level) and level.type.list_size != dim:
+                raise _wrong_length(
+                    array, spec, column_name, axis=axis, index=0, length=level.type.list_size
                 )
-        level = _flat(level)
+            level = _flat(level)
+            continue
+        # one look at the offsets gives every row's length and the values they span
+        offsets = level.offsets.to_numpy()
+        if dim is not None and len(level):
+            lengths = offsets[1:] - offsets[:-1]
+            if _MIN(lengths) != dim or _MAX(lengths) != dim:
+                bad = int(np.flatnonzero(lengths != dim)[0])
+                raise _wrong_length(
+                    array, spec, column_name, axis=axis, index=bad, length=int(lengths[bad])
+                )
+        start = int(offsets[0]) if len(offsets) else 0
+        level = level.values.slice(start, int(offsets[-1]) - start if len(offsets) else 0)
     if level.null_count:
         raise SchemaError(
             f"column '{column_name}': null values where {spec.describe()} needs numbers"
         )
+
+
+_MIN, _MAX = np.minimum.reduce, np.maximum.reduce  # without numpy's Python-level wrappers
+
+
+def _wrong_length(
+    array: pa.Array, spec: TensorSpec, column_name: str, *, axis: int, index: int, length: int
+) -> SchemaError:
+    dim = spec.shape[axis]
+    return SchemaError(
+        f"column '{column_name}': expected {spec.describe()}, but row "
+        f"{_row_of(array, axis, index)} has {length} values at axis {axis + 1} instead of {dim}"
+    )
 
 
 def _flat(level: pa.Array) -> pa.Array:
@@ -188,14 +209,6 @@ def _flat(level: pa.Array) -> pa.Array:
         return level.flatten()
     start, stop = offsets[0].as_py(), offsets[-1].as_py()
     return level.values.slice(start, stop - start)
-
-
-def _list_lengths(level: pa.Array) -> np.ndarray:
-    """Each list's length, from the offsets (no Arrow compute call: this runs per batch)."""
-    if isinstance(level, pa.FixedSizeListArray):
-        return np.full(len(level), level.type.list_size)
-    offsets = level.offsets.to_numpy()
-    return np.diff(offsets)
 
 
 def _row_of(array: pa.Array, axis: int, index: int) -> int:

@@ -44,18 +44,20 @@ def read_arrow(payload: bytes, fmt: Format, limits: Limits = UNLIMITED) -> pa.Ta
     name = _NAMES[fmt]
     try:
         if fmt is Format.ARROW_FILE:
-            messages = _file_messages(buffer)
-            rows, nbytes = _decoded_size(messages)
+            messages = list(_file_messages(buffer))
         else:
-            rows, nbytes = _decoded_size(iter(pa.ipc.MessageReader.open_stream(buffer)))
+            messages = list(pa.ipc.MessageReader.open_stream(buffer))
+        rows, nbytes = _decoded_size(messages)
     except (pa.ArrowException, OSError, EOFError, _CorruptError) as exc:
         raise _corrupt(payload, name, exc) from exc
     limits.check(f"Arrow IPC {name}", rows, nbytes)
     try:
-        opened = (
-            pa.ipc.open_file(buffer) if fmt is Format.ARROW_FILE else pa.ipc.open_stream(buffer)
-        )
-        table = opened.read_all()
+        if fmt is Format.ARROW_FILE:
+            table = pa.ipc.open_file(buffer).read_all()
+        else:
+            table = _stream_table(messages)
+            if table is None:
+                table = pa.ipc.open_stream(buffer).read_all()
         _check_names(table.schema)
         table.validate(full=True)
     except (pa.ArrowException, OSError, EOFError) as exc:
@@ -63,6 +65,18 @@ def read_arrow(payload: bytes, fmt: Format, limits: Limits = UNLIMITED) -> pa.Ta
     except UnicodeDecodeError as exc:
         raise DecodeError(f"Arrow IPC {name} has a column name that is not UTF-8: {exc}") from exc
     return table
+
+
+def _stream_table(messages: list[pa.ipc.Message]) -> pa.Table | None:
+    """The table of a stream's messages, read as they were sized (not parsed again); None
+    for a stream with dictionaries or of an unusual shape, which the stream reader reads."""
+    if not messages or messages[0].type != "schema":
+        return None
+    if any(message.type != "record batch" for message in messages[1:]):
+        return None
+    schema = pa.ipc.read_schema(messages[0])
+    batches = [pa.ipc.read_record_batch(message, schema) for message in messages[1:]]
+    return pa.Table.from_batches(batches, schema)
 
 
 def _check_names(fields: Iterable[pa.Field]) -> None:
@@ -78,7 +92,7 @@ def _corrupt(payload: bytes, name: str, exc: BaseException) -> DecodeError:
     return DecodeError(f"truncated or corrupt Arrow IPC {name} ({len(payload)} bytes): {exc}")
 
 
-def _decoded_size(messages: Iterator[pa.ipc.Message]) -> tuple[int, int]:
+def _decoded_size(messages: Iterable[pa.ipc.Message]) -> tuple[int, int]:
     """Rows of the record batches, and bytes of every batch's buffers once decompressed.
 
     A value with no buffer of its own (a null column) still counts a byte, so a batch of
@@ -93,6 +107,8 @@ def _decoded_size(messages: Iterator[pa.ipc.Message]) -> tuple[int, int]:
 
 
 def _batch_size(message: pa.ipc.Message) -> tuple[int, int]:
+    if message.type == "schema":
+        return 0, 0  # a schema message has no body to size
     meta = _Table.root(memoryview(message.metadata))
     kind = meta.scalar(1, "<B")
     header = meta.table(2)

@@ -521,6 +521,38 @@ def test_garbage_bytes_as_arrow() -> None:
         decode(b"not arrow at all", CONTENT_TYPES[Format.ARROW_STREAM])
 
 
+def _stream_of(schema: pa.Schema, batches: list[pa.RecordBatch]) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, schema) as writer:
+        for batch in batches:
+            writer.write_batch(batch)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+@pytest.mark.parametrize(
+    "table",
+    [
+        _sample(5),
+        pa.table({"d": pa.array(["x", "y", "x"]).dictionary_encode(), "n": [1, 2, 3]}),
+        pa.table({"n": pa.array([], pa.int64())}),
+    ],
+    ids=["plain", "dictionary", "no batch"],
+)
+def test_an_arrow_stream_decodes_to_what_it_holds_in_any_number_of_batches(
+    table: pa.Table,
+) -> None:
+    """Every batch of a stream, dictionaries too, in order; a stream of no batch is no row."""
+    batches = table.to_batches(max_chunksize=2) if table.num_rows else []
+    payload = _stream_of(table.schema, batches)
+    if not table.num_rows:
+        with pytest.raises(DecodeError, match="at least one row"):
+            decode(payload, CONTENT_TYPES[Format.ARROW_STREAM])
+        return
+    decoded = decode(payload, CONTENT_TYPES[Format.ARROW_STREAM]).table
+    assert decoded is not None and decoded.num_rows == table.num_rows
+    assert decoded.equals(table)
+
+
 @pytest.mark.parametrize("cut", [4, 40, -20])
 def test_truncated_arrow_stream(cut: int) -> None:
     """A cut-off Arrow stream is a DecodeError, sniffed or labelled."""
