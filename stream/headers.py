@@ -121,7 +121,7 @@ def result_headers(
 def _request_id(envelope: Envelope, given: bytes | None) -> bytes:
     """``Envelope.request_id`` as UTF-8, from the ``x-request-id`` value found (if any)."""
     if not given:
-        return _utf8(envelope.request_id)
+        return _utf8(envelope.position)
     if given.isascii():
         return given
     return _utf8(given.decode("utf-8", errors="replace"))

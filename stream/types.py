@@ -61,9 +61,13 @@ class Envelope:
 
     @property
     def request_id(self) -> str:
-        """``x-request-id``, or ``<topic>:<partition>:<offset>`` when the request sent none."""
-        given = self.header_text("x-request-id")
-        return given or f"{self.partition.topic}:{self.partition.index}:{self.offset}"
+        """``x-request-id``, or :attr:`position` when the request sent none."""
+        return self.header_text("x-request-id") or self.position
+
+    @property
+    def position(self) -> str:
+        """``<topic>:<partition>:<offset>``: where the request was read."""
+        return f"{self.partition.topic}:{self.partition.index}:{self.offset}"
 
 
 @dataclass(slots=True, eq=False)
