@@ -178,8 +178,7 @@ def _check_shape(array: pa.Array, spec: TensorSpec, column_name: str) -> None:
                 raise _wrong_length(
                     array, spec, column_name, axis=axis, index=bad, length=int(lengths[bad])
                 )
-        start = int(offsets[0]) if len(offsets) else 0
-        level = level.values.slice(start, int(offsets[-1]) - start if len(offsets) else 0)
+        level = _flat(level, offsets)
     if level.null_count:
         raise SchemaError(
             f"column '{column_name}': null values where {spec.describe()} needs numbers"
@@ -199,15 +198,19 @@ def _wrong_length(
     )
 
 
-def _flat(level: pa.Array) -> pa.Array:
-    """The values of a list array without nulls: ``flatten()`` without its compute call."""
+def _flat(level: pa.Array, offsets: np.ndarray | None = None) -> pa.Array:
+    """The values of a list array without nulls: ``flatten()`` without its compute call
+    (``offsets``: the level's offsets as numpy, where the caller has read them already)."""
     if isinstance(level, pa.FixedSizeListArray):
         size = level.type.list_size
         return level.values.slice(level.offset * size, len(level) * size)
-    offsets = level.offsets
     if not len(level):
         return level.flatten()
-    start, stop = offsets[0].as_py(), offsets[-1].as_py()
+    if offsets is None:
+        bounds = level.offsets
+        start, stop = bounds[0].as_py(), bounds[-1].as_py()
+    else:
+        start, stop = int(offsets[0]), int(offsets[-1])
     return level.values.slice(start, stop - start)
 
 

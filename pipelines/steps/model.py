@@ -73,7 +73,7 @@ class ModelStep:
         self.sha256 = sha256
         self._where = f"{source}: key '{key}.path'"
         self._session = _open_session(spec, self._where)
-        self.threads: int | None = None  # onnxruntime's own pool; 1 once warm-up chose that
+        self._threads_timed = False  # warm-up times the pool against the calling thread once
         inputs = {arg.name: _tensor_spec(arg, spec.path) for arg in self._session.get_inputs()}
         unknown = sorted(set(spec.inputs) - set(inputs))
         if unknown:
@@ -133,15 +133,21 @@ class ModelStep:
             for _, tensor in self.inputs
         }
         self._session.run(self._output_names, feeds)
-        if self.threads is None and self._may_run_alone():
-            self._choose_threads(feeds)
+        if not self._threads_timed and self._may_run_alone():
+            self._threads_timed = True
+            self._choose_threads(feeds, rows)
+
+    @property
+    def threads(self) -> int | None:
+        """onnxruntime's intra-op threads: None for its own pool, 1 for the calling thread."""
+        return self._session.get_session_options().intra_op_num_threads or None
 
     def _may_run_alone(self) -> bool:
         """Only the CPU provider runs on the caller's cores, and one core has no pool."""
         cores = os.cpu_count() or 1
         return cores > 1 and self._session.get_providers() == ["CPUExecutionProvider"]
 
-    def _choose_threads(self, feeds: dict[str, np.ndarray]) -> None:
+    def _choose_threads(self, feeds: dict[str, np.ndarray], rows: int) -> None:
         outputs = self._output_names
         if _run_seconds(self._session, outputs, feeds) >= _TRY_ALONE_UNDER_S:
             return  # one more run tells a slow model: no time spent timing it further
@@ -152,11 +158,11 @@ class ModelStep:
             pooled = min(pooled, _run_seconds(self._session, outputs, feeds))
             alone = min(alone, _run_seconds(single, outputs, feeds))
         if alone <= pooled * _ALONE_WITHIN:
-            self._session, self.threads = single, 1
+            self._session = single
         _log.info(
             "model threads chosen",
             model=self.name,
-            rows=len(next(iter(feeds.values()))) if feeds else 0,
+            rows=rows,
             pool_us=round(pooled * 1e6),
             calling_thread_us=round(alone * 1e6),
             threads="calling thread" if self.threads == 1 else "onnxruntime pool",
