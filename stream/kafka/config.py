@@ -57,10 +57,17 @@ CONSUMER_DEFAULTS: Config = {
     "session.timeout.ms": 6000,
     "heartbeat.interval.ms": 1500,
     "fetch.wait.max.ms": 5,
-    # Once the prefetch queue holds queued.max.messages.kbytes (64 MiB: ~550 requests of
-    # 1,000 rows), librdkafka waits this long before fetching again; its 1 s default left the
-    # worker idle in consume() a third of the time on a backlog of such requests (measured)
-    "fetch.queue.backoff.ms": 10,
+    # librdkafka keeps asking for more until its prefetch queue holds queued.min.messages
+    # (default 100,000) or queued.max.messages.kbytes (default 64 MiB). Once a backlog is all
+    # fetched, each ask is an empty fetch every fetch.wait.max.ms that costs the broker CPU the
+    # model needs; a queue of 1,000 messages or 4 MiB is still 20+ ms of work on these 2 cores
+    # (1,000 one-row requests; ~35 of 1,000 rows). Past either, librdkafka looks again after
+    # fetch.queue.backoff.ms (its 1 s default left the worker idle in consume() a third of the
+    # time on a backlog of 1,000-row requests, measured). A worker that keeps up has an empty
+    # queue and polls every fetch.wait.max.ms as before.
+    "queued.min.messages": 1000,
+    "queued.max.messages.kbytes": 4096,
+    "fetch.queue.backoff.ms": 5,
     "partition.assignment.strategy": "range",
 }
 PRODUCER_DEFAULTS: Config = {
