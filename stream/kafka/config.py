@@ -60,7 +60,7 @@ CONSUMER_DEFAULTS: Config = {
     # librdkafka keeps asking for more until its prefetch queue holds queued.min.messages
     # (default 100,000) or queued.max.messages.kbytes (default 64 MiB). Once a backlog is all
     # fetched, each ask is an empty fetch every fetch.wait.max.ms that costs the broker CPU the
-    # model needs; a queue of 1,000 messages or 4 MiB is still 20+ ms of work on these 2 cores
+    # model needs; a queue of 1,000 messages or 4 MiB is still ~20 ms of work or more here
     # (1,000 one-row requests; ~35 of 1,000 rows). Past either, librdkafka looks again after
     # fetch.queue.backoff.ms (its 1 s default left the worker idle in consume() a third of the
     # time on a backlog of 1,000-row requests, measured). A worker that keeps up has an empty

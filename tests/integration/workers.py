@@ -176,8 +176,8 @@ class Fleet:
             )
         return worker
 
-    def requests(self, topics: Topics) -> Requests:
-        requests = Requests(topics)
+    def requests(self, topics: Topics, *, max_message_bytes: int | None = None) -> Requests:
+        requests = Requests(topics, max_message_bytes=max_message_bytes)
         self._closers.append(requests.close)
         return requests
 
@@ -247,13 +247,18 @@ class Sent:
 class Requests:
     """Produces requests to the input topic and remembers where each one landed."""
 
-    def __init__(self, topics: Topics) -> None:
+    def __init__(self, topics: Topics, *, max_message_bytes: int | None = None) -> None:
         self.topics = topics
         self.sent: list[Sent] = []
         self._lock = threading.Lock()
-        self._producer = Producer(
-            {"bootstrap.servers": topics.bootstrap, "linger.ms": 5, "enable.idempotence": True}
-        )
+        config: dict[str, Any] = {
+            "bootstrap.servers": topics.bootstrap,
+            "linger.ms": 5,
+            "enable.idempotence": True,
+        }
+        if max_message_bytes is not None:
+            config["message.max.bytes"] = max_message_bytes
+        self._producer = Producer(config)
 
     def send(self, requests: Iterable[Request], timeout: float = 30.0) -> list[Sent]:
         """Produce ``requests`` and wait for every acknowledgement; the stored ones, in order."""

@@ -15,6 +15,7 @@ from tests.integration.workers import (
     Request,
     ccfraud_table,
     content_type,
+    decode_rows,
     encode,
     write_config,
 )
@@ -56,3 +57,38 @@ def test_a_dead_letter_over_the_producer_limit_is_published_without_its_value(
     assert dead.header("x-blob") == blob.decode()
     assert sorted(r.source for r in outputs.results) == [sent[0].where, sent[2].where]
     assert worker.process.poll() is None
+
+
+def test_a_request_larger_than_the_prefetch_cap_is_read_and_served(
+    fleet: Fleet, new_topics: Callable[..., Topics], tmp_path: Path
+) -> None:
+    """The worker's consumer prefetches at most 4 MiB (which also caps librdkafka's
+    fetch.max.bytes): a 6 MB request under a 16 MB kafka.max_message_bytes is still fetched —
+    served when it decodes, dead-lettered whole when it does not — and the partition goes on."""
+    topics = new_topics(partitions=1)
+    limit = 16 * 1024 * 1024
+    worker = fleet.start(write_config(tmp_path, topics, kafka={"max_message_bytes": limit}))
+    ids = Ids()
+    big_rows = ids.take(52_000)  # 29 float32 a row: ~6 MB of Arrow
+    garbage = b"\x00" * 6_000_000
+    requests = [
+        Request(encode(ccfraud_table(big_rows), Format.ARROW_STREAM), b"big", _ARROW),
+        Request(garbage, b"garbage", _ARROW),
+        Request(encode(ccfraud_table(ids.take(2)), Format.ARROW_STREAM), b"small", _ARROW),
+    ]
+    assert len(requests[0].value) > 4 * 1024 * 1024
+    sent = fleet.requests(topics, max_message_bytes=limit).send(requests)
+    outputs = fleet.outputs(topics)
+
+    assert not outputs.wait_answered(sent, timeout=60)
+    outputs.settle()
+    results = {record.key: record for record in outputs.results}
+    assert sorted(results) == [b"big", b"small"]
+    assert decode_rows(results[b"big"]).num_rows == len(big_rows)
+    (dead,) = outputs.dead_letters
+    assert (dead.key, dead.value) == (b"garbage", garbage)
+    assert dead.header("x-error-type") == "decode_error"
+    assert worker.process.poll() is None
+
+
+_ARROW = content_type(Format.ARROW_STREAM)
