@@ -51,10 +51,6 @@ class Envelope:
                 found = value
         return found
 
-    def header_map(self) -> dict[str, bytes]:
-        """Every header by lower-cased name (the last value of a repeated one), in one pass."""
-        return {key.lower(): value for key, value in self.headers}
-
     def header_text(self, name: str) -> str | None:
         value = self.header(name)
         return None if value is None else value.decode("utf-8", errors="replace")

@@ -29,7 +29,7 @@ from pipelines.errors import (
 )
 from pipelines.formats import Format, JsonValue
 from stream import headers
-from stream.types import DeadLetter, Envelope
+from stream.types import DeadLetter, Envelope, Headers
 from stream.worker.deadlines import expired, parse_deadline
 from stream.worker.tracing import child
 
@@ -159,6 +159,20 @@ class _Request:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What a set of request headers says, read once for every request that carries the same:
+    a stream's requests mostly share theirs (a content type, perhaps a dataset selection)."""
+
+    deadline: int | None  # x-deadline, epoch ms
+    content_type: str | None
+    format: Format | None
+    unknown_format: str | None  # why the content type is not one headrace reads
+    selection: Selection
+    parameters: Parameters
+    traceparent: bytes | None
+
+
 class Decoder:
     """Turns envelopes into :class:`Decoded` requests; what cannot be served is a dead letter.
 
@@ -181,6 +195,7 @@ class Decoder:
         self._limits = formats.Limits(processing.max_request_rows, processing.max_decoded_bytes)
         self._max_age_ms = processing.max_request_age_ms
         self._wall_clock_ms = wall_clock_ms
+        self._plans: dict[Headers, _Plan] = {}
 
     def __call__(self, envelope: Envelope) -> Decoded | DeadLetter:
         """The decoded request, or its dead letter; no exception escapes."""
@@ -196,30 +211,26 @@ class Decoder:
                 f"request of {size} bytes is over the limit of {self._max_bytes} bytes "
                 "(kafka.max_message_bytes)"
             )
-        found = envelope.header_map() if envelope.headers else _NO_HEADERS
-        if headers.UNREADABLE_HEADERS in found:
-            raise DecodeError(_text(found[headers.UNREADABLE_HEADERS]) or "unreadable headers")
-        deadline = found.get(headers.DEADLINE)
-        if deadline is not None or self._max_age_ms is not None:
+        plan = self._plans.get(envelope.headers)
+        if plan is None:
+            plan = self._plan(envelope.headers)
+            self._keep(envelope.headers, plan)
+        if plan.deadline is not None or self._max_age_ms is not None:
             late = expired(
-                None if deadline is None else parse_deadline(deadline),
-                envelope.timestamp_ms,
-                self._max_age_ms,
-                self._wall_clock_ms(),
+                plan.deadline, envelope.timestamp_ms, self._max_age_ms, self._wall_clock_ms()
             )
             if late is not None:
                 raise Expired(late)
-        traceparent = found.get(headers.TRACEPARENT)
-        content_type = _text(found.get(headers.CONTENT_TYPE))
-        fmt = formats.format_for_content_type(content_type)
-        known = found.keys() & _KNOWN  # set operations in C: most requests carry no others
+        if plan.unknown_format is not None:
+            raise DecodeError(plan.unknown_format)
+        fmt = plan.format
         request = _Request(
             envelope,
-            content_type,
-            self._default if known.isdisjoint(_SELECTION) else self._selection(found),
-            _parameters(envelope) if len(known) < len(found) else (),
+            plan.content_type,
+            plan.selection,
+            plan.parameters,
             started,
-            None if traceparent is None else child(traceparent),
+            None if plan.traceparent is None else child(plan.traceparent),
         )
         if self._custom:
             return self._custom_json(request, fmt)
@@ -271,6 +282,38 @@ class Decoder:
             parameters=parameters,
         )
 
+    def _keep(self, found_headers: Headers, plan: _Plan) -> None:
+        """Keep a few plans of small headers; headers that differ per request (an
+        ``x-request-id``) only ever replace them."""
+        if sum(len(value) for _, value in found_headers) > _MAX_PLAN_BYTES:
+            return
+        if len(self._plans) >= _MAX_PLANS:
+            self._plans.clear()
+        self._plans[found_headers] = plan
+
+    def _plan(self, found_headers: Headers) -> _Plan:
+        """What ``found_headers`` say about a request; an error when they cannot be served."""
+        found = {key.lower(): value for key, value in found_headers}
+        if headers.UNREADABLE_HEADERS in found:
+            raise DecodeError(_text(found[headers.UNREADABLE_HEADERS]) or "unreadable headers")
+        deadline = found.get(headers.DEADLINE)
+        content_type = _text(found.get(headers.CONTENT_TYPE))
+        fmt, unknown = None, None
+        try:
+            fmt = formats.format_for_content_type(content_type)
+        except DecodeError as exc:  # raised once the request is known not to have expired
+            unknown = str(exc)
+        known = found.keys() & _KNOWN  # most requests carry no others
+        return _Plan(
+            None if deadline is None else parse_deadline(deadline),
+            content_type,
+            fmt,
+            unknown,
+            self._default if known.isdisjoint(_SELECTION) else self._selection(found),
+            _parameters(found_headers) if len(known) < len(found) else (),
+            found.get(headers.TRACEPARENT),
+        )
+
     def _selection(self, found: dict[str, bytes]) -> Selection:
         dataset = _text(found.get(headers.DATASET))
         exclude = _text(found.get(headers.DATASET_EXCLUDE))
@@ -284,7 +327,8 @@ class Decoder:
         )
 
 
-_NO_HEADERS: dict[str, bytes] = {}
+_MAX_PLANS = 256  # distinct sets of request headers whose reading is kept ...
+_MAX_PLAN_BYTES = 2048  # ... when their values hold at most this many bytes
 _SELECTION = frozenset((headers.DATASET, headers.DATASET_EXCLUDE, headers.DATASET_SEPARATOR))
 _KNOWN = _SELECTION | {  # request headers that are not step parameters (x-param-*)
     headers.CONTENT_TYPE,
@@ -310,11 +354,11 @@ def _text(value: bytes | None) -> str | None:
 _PREFIX = headers.PARAM_PREFIX
 
 
-def _parameters(envelope: Envelope) -> Parameters:
+def _parameters(found: Headers) -> Parameters:
     return tuple(
         sorted(
             (key[len(_PREFIX) :], value.decode("utf-8", errors="replace"))
-            for key, value in envelope.headers
+            for key, value in found
             if key.lower().startswith(_PREFIX)
         )
     )

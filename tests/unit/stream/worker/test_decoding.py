@@ -338,3 +338,67 @@ def test_any_exception_while_decoding_is_a_decode_error(
     dead = _dead(ccfraud, records(tensor(0)))
     assert dead.error.error_type == "decode_error"
     assert "IndexError: list index out of range" in dead.error.message
+
+
+def test_requests_sharing_headers_are_each_judged_by_their_own_time_and_deadline(
+    ccfraud: Pipeline,
+) -> None:
+    """The decoder reads a set of headers once for every request that repeats it; what
+    depends on the request (its timestamp, the time it is consumed, its trace span) does not
+    repeat with them."""
+    now = [1_700_000_000_000]
+    decoder = Decoder(
+        ccfraud, ProcessingSettings(max_request_age_ms=1000), _LIMIT, wall_clock_ms=lambda: now[0]
+    )
+    traced = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    headers: Headers = (
+        content_type(Format.PANDAS_RECORDS),
+        ("x-deadline", b"%d" % (now[0] + 500)),
+        ("traceparent", traced),
+    )
+    first = decoder(envelope(records(tensor(0)), headers, timestamp_ms=now[0]))
+    now[0] += 501
+    late = decoder(envelope(records(tensor(1)), headers, timestamp_ms=now[0]))
+    aged = decoder(envelope(records(tensor(2)), headers[:1], timestamp_ms=now[0] - 1001))
+    young = decoder(envelope(records(tensor(3)), headers[:1], timestamp_ms=now[0] - 999))
+    again = decoder(envelope(records(tensor(4)), headers[:1] + headers[2:], timestamp_ms=now[0]))
+    assert isinstance(first, Decoded) and isinstance(young, Decoded)
+    assert isinstance(late, DeadLetter) and "(x-deadline) passed 1 ms" in late.error.message
+    assert isinstance(aged, DeadLetter) and "max_request_age_ms=1000" in aged.error.message
+    assert isinstance(again, Decoded)
+    assert first.trace is not None and again.trace is not None
+    assert first.trace[1] != again.trace[1]  # a span of its own for each request
+
+
+def test_a_request_past_its_deadline_is_expired_whatever_its_content_type(
+    ccfraud: Pipeline,
+) -> None:
+    """Expiry is judged before the content type, for the first request with those headers
+    and for every one after it."""
+    now = 1_700_000_000_000
+    decoder = Decoder(ccfraud, ProcessingSettings(), _LIMIT, wall_clock_ms=lambda: now)
+    expired = (("content-type", b"text/csv"), ("x-deadline", b"%d" % (now - 1)))
+    wanted = (("content-type", b"text/csv"), ("x-deadline", b"%d" % (now + 1)))
+    outcomes = [decoder(envelope(records(tensor(0)), h)) for h in (expired, wanted) * 2]
+    dead = [outcome for outcome in outcomes if isinstance(outcome, DeadLetter)]
+    assert [letter.error.error_type for letter in dead] == ["expired", "decode_error"] * 2
+    assert all("text/csv" in letter.error.message for letter in dead[1::2])
+
+
+def test_requests_with_headers_of_their_own_each_get_their_own_reading(
+    ccfraud: Pipeline,
+) -> None:
+    """A stream whose headers differ per request (a request id each) is read right throughout,
+    past the number of header sets the decoder keeps."""
+    decoder = Decoder(ccfraud, ProcessingSettings(), _LIMIT)
+    for index in range(700):
+        dataset = b"out" if index % 3 else b"metadata"
+        headers = (
+            ("x-request-id", b"r-%d" % index),
+            ("x-dataset", dataset),
+            ("x-param-index", b"%d" % index),
+        )
+        decoded = decoder(envelope(records(tensor(index)), headers, offset=index))
+        assert isinstance(decoded, Decoded)
+        assert decoded.selection.dataset == (dataset.decode(),)
+        assert decoded.parameters == (("index", str(index)),)
