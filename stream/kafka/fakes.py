@@ -554,9 +554,11 @@ class RecordingMetrics:
         """Record the time each step took on a micro-batch."""
         self.step_times.append((tuple(names), tuple(nanoseconds)))
 
-    def served(self, rows: int, request_timestamp_ms: int, now_ms: int) -> None:
-        """Record an acknowledged result."""
-        self.served_requests.append((rows, request_timestamp_ms, now_ms))
+    def served(self, rows: Sequence[int], timestamps_ms: Sequence[int], now_ms: int) -> None:
+        """Record acknowledged results, one entry each."""
+        self.served_requests += [
+            (n, stamp, now_ms) for n, stamp in zip(rows, timestamps_ms, strict=True)
+        ]
 
     def dead_lettered(self, error_type: str) -> None:
         """Record an acknowledged dead letter."""

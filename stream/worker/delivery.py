@@ -199,6 +199,17 @@ class InFlight:
         if held is not None and not held.waiting and not live:
             del self._held[partition]  # every failed record is through
 
+    def done_all(self, deliveries: Sequence[Delivery]) -> None:
+        """Each of ``deliveries`` was acknowledged (:meth:`done` of each, in one pass)."""
+        live_of, held_of = self._live, self._held
+        for delivery in deliveries:
+            partition = delivery.outcome.envelope.partition
+            live = live_of.get(partition)
+            if live is not None:
+                live.discard(delivery)
+            if held_of and partition in held_of:
+                self.done(delivery)
+
     def failed(self, delivery: Delivery, error: str, now: float) -> bool:
         """Hold ``delivery`` for the next round; True when its partition was not held yet."""
         self._live.get(delivery.partition, set()).discard(delivery)

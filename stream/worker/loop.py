@@ -147,7 +147,7 @@ class Worker:
         """Serve, publish and commit everything consumed (all, or before revoking)."""
         self._serve(self._batcher.drain())
         self._publisher.publish()
-        remaining = self._producer.flush(self.settings.processing.shutdown_timeout_s)
+        remaining = self._publisher.flush(self.settings.processing.shutdown_timeout_s)
         if remaining:
             _log.warning(
                 "results not acknowledged in time; they will be served again",
@@ -189,7 +189,7 @@ class Worker:
         if self._intake.holding(_BACKPRESSURE):
             # The paused partitions give nothing: wait for the acknowledgements that lift the
             # hold (the producer's poll returns with the first), not on the consumer.
-            self._producer.poll(timeout)
+            self._publisher.poll(timeout)
             timeout = 0.0
         envelopes = self._consumer.consume(self._room(), timeout)
         rows_before = self._ledger.pending_rows

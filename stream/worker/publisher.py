@@ -84,11 +84,13 @@ class Publisher:
         self._spans = spans or Spans()
         self._shape = DeadLetterShape(kafka)
         self._flight = InFlight()
+        self._acked: list[Delivery] = []  # acknowledged since the last settle()
         self._output_partitions = -1
         self.failure: WorkerError | None = None
 
     def publish(self) -> None:
         """Produce what is due again, then every outcome the ledger has ready, in order."""
+        self._settle()  # acknowledgements a flush of the committer's took in
         again = self._flight.due(self._clock())
         if again:
             _log.info("producing records again", records=len(again))
@@ -96,13 +98,48 @@ class Publisher:
             self._produce(delivery)
         for outcome in self._ledger.ready(self._flight.held()):
             self._produce(self._first(outcome))
-        self._producer.poll(0)
+        self.poll(0)
+
+    def poll(self, timeout: float) -> None:
+        """Wait up to ``timeout`` for delivery reports, and settle them."""
+        self._producer.poll(timeout)
+        self._settle()
         self._report()
+
+    def flush(self, timeout: float) -> int:
+        """Wait up to ``timeout`` for every record to be reported; how many were not."""
+        remaining = self._producer.flush(timeout)
+        self._settle()
+        self._report()
+        return remaining
 
     def forget(self, partitions: Sequence[Partition]) -> None:
         """Revoked partitions: late delivery reports of theirs change nothing."""
+        self._settle()
         self._flight.forget(partitions)
         self._report()
+
+    def _settle(self) -> None:
+        """Count what was acknowledged since the last call and take it out of flight.
+
+        The ledger hears of each acknowledgement at once, inside ``poll``/``flush`` (a commit
+        may follow any flush); this is the rest, done for all of them together.
+        """
+        acked, self._acked = self._acked, []
+        if not acked:
+            return
+        self._flight.done_all(acked)
+        results = [d.outcome for d in acked if type(d.outcome) is Result]
+        if results:
+            self._metrics.served(
+                [result.rows for result in results],
+                [result.envelope.timestamp_ms for result in results],
+                self._wall_clock_ms(),
+            )
+        if len(results) < len(acked):
+            for delivery in acked:
+                if isinstance(delivery.outcome, DeadLetter):
+                    self._metrics.dead_lettered(delivery.outcome.error.error_type)
 
     def _first(self, outcome: Outcome) -> Delivery:
         """The delivery of an outcome produced for the first time."""
@@ -185,20 +222,13 @@ class Publisher:
             )
 
     def _delivered(self, delivery: Delivery, error: str | None) -> None:
-        """A delivery report (inside ``poll``/``flush``)."""
-        outcome = delivery.outcome
-        ours = self._flight.owns(delivery)  # else of a partition revoked since
+        """A delivery report (inside ``poll``/``flush``): an acknowledgement goes to the
+        ledger now and to :meth:`settle` later; a failure is handled now."""
         if error is None:
-            self._ledger.ack(outcome.envelope)  # the ledger ignores a revoked partition's
-            if isinstance(outcome, Result):
-                now_ms = self._wall_clock_ms()
-                self._metrics.served(outcome.rows, outcome.envelope.timestamp_ms, now_ms)
-            else:
-                self._metrics.dead_lettered(outcome.error.error_type)
-            if ours:
-                self._flight.done(delivery)
-        elif not ours:
-            return  # the partition's new owner serves the request again
+            self._ledger.ack(delivery.outcome.envelope)  # it ignores a revoked partition's
+            self._acked.append(delivery)
+        elif not self._flight.owns(delivery):
+            return  # of a partition revoked since: its new owner serves the request again
         elif not permanent(error):
             if self._flight.failed(delivery, error, self._clock()):
                 _log.warning(

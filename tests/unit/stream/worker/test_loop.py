@@ -104,6 +104,33 @@ def test_offsets_are_committed_only_after_results_are_acknowledged(ccfraud: Pipe
     assert rig.committed() == {0: 3}
 
 
+def test_results_acknowledged_only_at_shutdown_are_counted_and_committed(
+    ccfraud: Pipeline,
+) -> None:
+    """What the broker acknowledges while the worker waits for it at shutdown is counted
+    once in the metrics, with its latency, and committed."""
+    rig = make_rig(ccfraud)
+    for seed in range(3):
+        rig.send(records(tensor(seed)))
+    rig.producer.hold()
+    rig.step()
+    rig.step(WAIT)
+    assert rig.metrics.served_requests == []
+    waits = rig.producer.flush
+
+    def flush(timeout: float) -> int:
+        rig.producer.release()  # the acknowledgements come in while the worker waits
+        return waits(timeout)
+
+    rig.producer.flush = flush  # type: ignore[method-assign]
+    rig.clock.advance(0.25)
+    rig.worker.shutdown()
+    served = rig.metrics.served_requests
+    assert [rows for rows, _, _ in served] == [1, 1, 1]
+    assert {now for _, _, now in served} == {rig.clock.wall_ms()}  # when they were acknowledged
+    assert rig.committed() == {0: 3}
+
+
 def test_a_failed_result_becomes_an_output_error_committed_once_acknowledged(
     ccfraud: Pipeline,
 ) -> None:
