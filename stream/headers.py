@@ -101,6 +101,10 @@ def result_headers(
     One pass over the request's headers finds its ``x-request-id`` and what passes through:
     this runs once per result.
     """
+    shared, position = _provenance(content_type, pipeline, version, envelope.partition)
+    offset = b"%d" % envelope.offset
+    if not envelope.headers:
+        return ((REQUEST_ID, position + offset), *shared, ("x-source-offset", offset))
     given = None
     kept: list[tuple[str, bytes]] = []
     for key, value in envelope.headers:
@@ -111,32 +115,34 @@ def result_headers(
             ours = traceparent if lowered == TRACEPARENT and traceparent is not None else None
             kept.append((_name(key), value if ours is None else ours))
     return (
-        (REQUEST_ID, _request_id(envelope, given)),
-        *_provenance(content_type, pipeline, version, envelope.partition),
-        ("x-source-offset", b"%d" % envelope.offset),
+        (REQUEST_ID, _request_id(given) if given else position + offset),
+        *shared,
+        ("x-source-offset", offset),
         *kept,
     )
 
 
-def _request_id(envelope: Envelope, given: bytes | None) -> bytes:
-    """``Envelope.request_id`` as UTF-8, from the ``x-request-id`` value found (if any)."""
-    if not given:
-        return _utf8(envelope.position)
+def _request_id(given: bytes) -> bytes:
+    """An ``x-request-id`` value as UTF-8."""
     if given.isascii():
         return given
     return _utf8(given.decode("utf-8", errors="replace"))
 
 
 @functools.lru_cache(maxsize=1024)
-def _provenance(content_type: str, pipeline: str, version: str, partition: Partition) -> Headers:
-    """The headers every result of one format, pipeline version and source partition shares."""
-    return (
+def _provenance(
+    content_type: str, pipeline: str, version: str, partition: Partition
+) -> tuple[Headers, bytes]:
+    """The headers every result of one format, pipeline version and source partition shares,
+    and its requests' position (:attr:`Envelope.position`) less the offset."""
+    headers = (
         (CONTENT_TYPE, _utf8(content_type)),
         ("x-pipeline", _utf8(pipeline)),
         ("x-pipeline-version", _utf8(version)),
         ("x-source-topic", _utf8(partition.topic)),
         ("x-source-partition", b"%d" % partition.index),
     )
+    return headers, _utf8(f"{partition.topic}:{partition.index}:")
 
 
 def dead_letter_headers(
