@@ -29,7 +29,7 @@ import contextlib
 import functools
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import confluent_kafka
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
@@ -491,12 +491,16 @@ def _headers(message: confluent_kafka.Message) -> Headers:
         return _unreadable(exc)
     if not raw:
         return ()
+    if isinstance(raw, list):
+        for _, value in raw:
+            if type(value) is not bytes:
+                break
+        else:
+            return cast(Headers, tuple(raw))  # the usual case: (name, bytes) pairs already
     pairs = raw.items() if isinstance(raw, dict) else raw
     return tuple(
-        [  # a list comprehension: no generator frame per message
-            (name, value.encode() if isinstance(value, str) else (value or b""))
-            for name, value in pairs
-        ]
+        (name, value.encode() if isinstance(value, str) else (value or b""))
+        for name, value in pairs
     )
 
 

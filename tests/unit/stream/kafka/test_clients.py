@@ -26,7 +26,7 @@ from stream.errors import KafkaClientError
 from stream.headers import UNREADABLE_HEADERS
 from stream.kafka import clients
 from stream.kafka.clients import KafkaConsumer, KafkaProducer, envelope_of
-from stream.types import DeadLetter, Partition
+from stream.types import DeadLetter, Headers, Partition
 from stream.worker.decoding import Decoder
 
 _SYSTEM_ERROR = (
@@ -38,9 +38,17 @@ _SYSTEM_ERROR = (
 class _Message:
     """A consumed message; ``bad_name`` makes ``headers()`` fail as confluent-kafka does."""
 
-    def __init__(self, topic: str, partition: int, offset: int, bad_name: bytes = b"") -> None:
+    def __init__(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        bad_name: bytes = b"",
+        headers: list[tuple[str, bytes | None]] | None = None,
+    ) -> None:
         self._where = (topic, partition, offset)
         self._bad_name = bad_name
+        self._headers = headers
 
     def error(self) -> None:
         return None
@@ -63,12 +71,14 @@ class _Message:
     def timestamp(self) -> tuple[int, int]:
         return (1, 1_700_000_000_000)
 
-    def headers(self) -> list[tuple[str, bytes]]:
+    def headers(self) -> list[tuple[str, bytes | None]] | None:
         if self._bad_name:
             try:
                 self._bad_name.decode()
             except UnicodeDecodeError as exc:  # what confluent-kafka 2.16 raises
                 raise SystemError(_SYSTEM_ERROR) from exc
+        if self._headers is not None:
+            return self._headers or None  # confluent-kafka gives None for no headers
         return [("content-type", b"application/json")]
 
 
@@ -232,6 +242,24 @@ def test_an_assignment_starts_each_partition_where_the_group_left_off(
     adapter.subscribe(["in"], on_assign=lambda p: None, on_revoke=lambda p: None)
     stand_in.callbacks["on_assign"](None, [TopicPartition("in", 0), TopicPartition("in", 1)])
     assert stand_in.starts == [starts]
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        ([("content-type", b"application/json")], (("content-type", b"application/json"),)),
+        ([("a", b"1"), ("empty", None), ("b", b"")], (("a", b"1"), ("empty", b""), ("b", b""))),
+        ([], ()),
+    ],
+    ids=["bytes", "a-null-value", "none"],
+)
+def test_an_envelope_keeps_every_header_in_order_with_bytes_values(
+    given: list[tuple[str, bytes | None]], kept: Headers
+) -> None:
+    """A header whose value is null (Kafka allows it) is kept, with an empty value."""
+    envelope = envelope_of(_Message("in", 0, 5, headers=given))  # type: ignore[arg-type]
+    assert envelope.headers == kept
+    assert all(type(value) is bytes for _, value in envelope.headers)
 
 
 def test_a_header_name_that_is_not_utf8_makes_the_request_a_decode_error(
