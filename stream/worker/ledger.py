@@ -13,7 +13,7 @@ acknowledges it. :attr:`Ledger.pending_bytes` counts both, for the in-flight byt
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Container, Iterator
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from pipelines.errors import TooLarge
@@ -106,6 +106,12 @@ class Ledger:
 
     def resolve(self, outcome: Outcome) -> None:
         self.partitions[outcome.envelope.partition].resolve(outcome)
+
+    def resolve_all(self, outcomes: Iterable[Outcome]) -> None:
+        """:meth:`resolve` each of ``outcomes``."""
+        partitions = self.partitions
+        for outcome in outcomes:
+            partitions[outcome.envelope.partition].resolve(outcome)
 
     def ready(self, held: Container[Partition] = ()) -> Iterator[Outcome]:
         """Outcomes to produce now, in offset order per partition; none of ``held`` ones.

@@ -21,7 +21,7 @@ from stream.ops.metrics import Metrics, NullMetrics
 from stream.types import DeadLetter, Outcome, Partition, Result
 from stream.worker.batcher import Batch, Batcher
 from stream.worker.commit import Committer
-from stream.worker.decoding import Decoded, Decoder
+from stream.worker.decoding import Decoder
 from stream.worker.intake import Guardrail, Intake
 from stream.worker.ledger import Ledger
 from stream.worker.publisher import Publisher
@@ -193,13 +193,17 @@ class Worker:
             timeout = 0.0
         envelopes = self._consumer.consume(self._room(), timeout)
         rows_before = self._ledger.pending_rows
+        decoder, ledger, batcher = self._decoder, self._ledger, self._batcher
         for envelope in envelopes:
-            decoded = self._decoder(envelope)
-            self._ledger.reserve(envelope, decoded.rows if isinstance(decoded, Decoded) else 0)
+            decoded = decoder(envelope)
             if isinstance(decoded, DeadLetter):
-                self._ledger.resolve(decoded)
-            else:
-                self._serve(self._batcher.add(decoded))
+                ledger.reserve(envelope, 0)
+                ledger.resolve(decoded)
+                continue
+            ledger.reserve(envelope, decoded.rows)
+            full = batcher.add(decoded)
+            if full:
+                self._serve(full)
         if envelopes:
             rows = max(1, self._ledger.pending_rows - rows_before)
             self._rows_per_message = rows / len(envelopes)
@@ -221,9 +225,9 @@ class Worker:
             started = time.perf_counter()
             began_ns = time.time_ns() if self._spans.enabled else 0
             served = self._server.serve(batch.requests)
+            # a request left unserved (stopping) stays uncommitted
             outcomes = [o for o in served if o is not None]
-            for outcome in outcomes:  # a request left unserved (stopping) stays uncommitted
-                self._ledger.resolve(outcome)
+            self._ledger.resolve_all(outcomes)
             self._log_batch(batch, outcomes, time.perf_counter() - started)
             if self._spans.enabled:
                 self._trace(batch, served, began_ns)
