@@ -84,7 +84,7 @@ class Publisher:
         self._spans = spans or Spans()
         self._shape = DeadLetterShape(kafka)
         self._flight = InFlight()
-        self._acked: list[Delivery] = []  # acknowledged since the last settle()
+        self._acked: list[Delivery] = []  # acknowledged since the last _settle()
         self._output_partitions = -1
         self.failure: WorkerError | None = None
 
@@ -223,7 +223,7 @@ class Publisher:
 
     def _delivered(self, delivery: Delivery, error: str | None) -> None:
         """A delivery report (inside ``poll``/``flush``): an acknowledgement goes to the
-        ledger now and to :meth:`settle` later; a failure is handled now."""
+        ledger now and to :meth:`_settle` later; a failure is handled now."""
         if error is None:
             self._ledger.ack(delivery.outcome.envelope)  # it ignores a revoked partition's
             self._acked.append(delivery)
