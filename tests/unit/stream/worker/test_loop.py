@@ -10,7 +10,7 @@ from pipelines.formats import Format
 from stream.errors import WorkerError
 from stream.types import Envelope
 from tests.unit.stream.support import content_type, encoded, header, records, table, tensor
-from tests.unit.stream.worker.rig import INTERVAL, WAIT, make_rig, offsets
+from tests.unit.stream.worker.rig import INTERVAL, WAIT, Rig, make_rig, offsets
 
 
 def _sources(messages: list[Envelope]) -> list[tuple[str | None, str | None]]:
@@ -86,14 +86,20 @@ def test_a_request_over_the_size_limit_is_dead_lettered_without_its_bytes(
     assert header(dead.headers, "x-original-bytes") == str(len(big))
 
 
-def test_offsets_are_committed_only_after_results_are_acknowledged(ccfraud: Pipeline) -> None:
-    """While the broker has not acknowledged the results, no offset is committed."""
-    rig = make_rig(ccfraud)
-    for seed in range(3):
+def _unacknowledged(pipeline: Pipeline, count: int = 3) -> Rig:
+    """A worker that served ``count`` requests whose results the broker has not acknowledged."""
+    rig = make_rig(pipeline)
+    for seed in range(count):
         rig.send(records(tensor(seed)))
     rig.producer.hold()
     rig.step()
     rig.step(WAIT)
+    return rig
+
+
+def test_offsets_are_committed_only_after_results_are_acknowledged(ccfraud: Pipeline) -> None:
+    """While the broker has not acknowledged the results, no offset is committed."""
+    rig = _unacknowledged(ccfraud)
     rig.step(INTERVAL)
     assert rig.results() == []
     assert rig.committed() == {}
@@ -109,12 +115,7 @@ def test_results_acknowledged_only_at_shutdown_are_counted_and_committed(
 ) -> None:
     """What the broker acknowledges while the worker waits for it at shutdown is counted
     once in the metrics, with its latency, and committed."""
-    rig = make_rig(ccfraud)
-    for seed in range(3):
-        rig.send(records(tensor(seed)))
-    rig.producer.hold()
-    rig.step()
-    rig.step(WAIT)
+    rig = _unacknowledged(ccfraud)
     assert rig.metrics.served_requests == []
     waits = rig.producer.flush
 
