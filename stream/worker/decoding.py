@@ -159,7 +159,7 @@ class _Request:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)  # not frozen: one is made for each new set of headers
 class _Plan:
     """What a set of request headers says, read once for every request that carries the same:
     a stream's requests mostly share theirs (a content type, perhaps a dataset selection)."""
@@ -211,10 +211,7 @@ class Decoder:
                 f"request of {size} bytes is over the limit of {self._max_bytes} bytes "
                 "(kafka.max_message_bytes)"
             )
-        plan = self._plans.get(envelope.headers)
-        if plan is None:
-            plan = self._plan(envelope.headers)
-            self._keep(envelope.headers, plan)
+        plan = self._plans.get(envelope.headers) or self._plan(envelope.headers)
         if plan.deadline is not None or self._max_age_ms is not None:
             late = expired(
                 plan.deadline, envelope.timestamp_ms, self._max_age_ms, self._wall_clock_ms()
@@ -282,17 +279,12 @@ class Decoder:
             parameters=parameters,
         )
 
-    def _keep(self, found_headers: Headers, plan: _Plan) -> None:
-        """Keep a few plans of small headers; headers that differ per request (an
-        ``x-request-id``) only ever replace them."""
-        if sum(len(value) for _, value in found_headers) > _MAX_PLAN_BYTES:
-            return
-        if len(self._plans) >= _MAX_PLANS:
-            self._plans.clear()
-        self._plans[found_headers] = plan
-
     def _plan(self, found_headers: Headers) -> _Plan:
-        """What ``found_headers`` say about a request; an error when they cannot be served."""
+        """What ``found_headers`` say about a request; an error when they cannot be served.
+
+        The plan is kept for the requests that repeat the same headers, unless they hold a
+        value that is each request's own (its id, deadline or trace context) or many bytes.
+        """
         found = {key.lower(): value for key, value in found_headers}
         if headers.UNREADABLE_HEADERS in found:
             raise DecodeError(_text(found[headers.UNREADABLE_HEADERS]) or "unreadable headers")
@@ -304,7 +296,7 @@ class Decoder:
         except DecodeError as exc:  # raised once the request is known not to have expired
             unknown = str(exc)
         known = found.keys() & _KNOWN  # most requests carry no others
-        return _Plan(
+        plan = _Plan(
             None if deadline is None else parse_deadline(deadline),
             content_type,
             fmt,
@@ -313,6 +305,13 @@ class Decoder:
             _parameters(found_headers) if len(known) < len(found) else (),
             found.get(headers.TRACEPARENT),
         )
+        if known.isdisjoint(_PER_REQUEST) and (
+            sum(len(value) for _, value in found_headers) <= _MAX_PLAN_BYTES
+        ):
+            if len(self._plans) >= _MAX_PLANS:
+                self._plans.clear()
+            self._plans[found_headers] = plan
+        return plan
 
     def _selection(self, found: dict[str, bytes]) -> Selection:
         dataset = _text(found.get(headers.DATASET))
@@ -329,6 +328,7 @@ class Decoder:
 
 _MAX_PLANS = 256  # distinct sets of request headers whose reading is kept ...
 _MAX_PLAN_BYTES = 2048  # ... when their values hold at most this many bytes
+_PER_REQUEST = frozenset((headers.REQUEST_ID, headers.DEADLINE, headers.TRACEPARENT))
 _SELECTION = frozenset((headers.DATASET, headers.DATASET_EXCLUDE, headers.DATASET_SEPARATOR))
 _KNOWN = _SELECTION | {  # request headers that are not step parameters (x-param-*)
     headers.CONTENT_TYPE,
