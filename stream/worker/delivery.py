@@ -191,24 +191,21 @@ class InFlight:
 
     def done(self, delivery: Delivery) -> None:
         """``delivery`` was acknowledged, or refused for good."""
-        partition = delivery.partition
-        live = self._live.get(partition)
-        if live is not None:
-            live.discard(delivery)
-        held = self._held.get(partition)
-        if held is not None and not held.waiting and not live:
-            del self._held[partition]  # every failed record is through
+        self.done_all((delivery,))
 
     def done_all(self, deliveries: Sequence[Delivery]) -> None:
-        """Each of ``deliveries`` was acknowledged (:meth:`done` of each, in one pass)."""
+        """Each of ``deliveries`` was acknowledged, or refused for good; a held partition whose
+        failed records are all through is released."""
         live_of, held_of = self._live, self._held
         for delivery in deliveries:
             partition = delivery.outcome.envelope.partition
             live = live_of.get(partition)
             if live is not None:
                 live.discard(delivery)
-            if held_of and partition in held_of:
-                self.done(delivery)
+            if held_of:
+                held = held_of.get(partition)
+                if held is not None and not held.waiting and not live:
+                    del held_of[partition]  # every failed record is through
 
     def failed(self, delivery: Delivery, error: str, now: float) -> bool:
         """Hold ``delivery`` for the next round; True when its partition was not held yet."""
